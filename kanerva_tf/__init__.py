@@ -14,6 +14,9 @@ Shape glossary, used in every docstring, comment and einsum string of the packag
 A leading `...` means any number of batch dimensions.
 """
 
+from kanerva_tf.config import ModelConfig
 from kanerva_tf.memory import KanervaMemory
+from kanerva_tf.model import VAE
+from kanerva_tf.model import KanervaMachine
 
-__all__ = ["KanervaMemory"]
+__all__ = ["KanervaMemory", "KanervaMachine", "ModelConfig", "VAE"]

@@ -1,0 +1,101 @@
+"""ModelConfig: every size and switch of the Kanerva Machine and its matched VAE."""
+
+import dataclasses
+from typing import Optional, Tuple
+
+from kanerva_tf.memory import WRITE_METHODS
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Sizes and options of `KanervaMachine` and `VAE` (paper section 4, Appendix C).
+
+  Attributes:
+    image_shape: (H, W, D) of one image.
+    code_size: C, dimension of z and columns of the memory.
+    memory_size: K, rows of the memory.
+    address_size: S, size of the key b = f(y) and columns of the addresses A (K x S).
+    num_filters: F, filters of every convolution in the encoder and decoder.
+    likelihood: "bernoulli" (binary images) or "gaussian" (learned scale per channel, with
+      uniform U(0, 1/256) dequantisation noise on the inputs during training).
+    y_size: dimension of the addressing variable y (prior N(0, I)).
+    mlp_hidden_size: hidden units of every 2-layer MLP.
+    y_noise_std: std of the Gaussian noise added, in training only, to the input of q(y|x).
+    noise_variance: sigma^2 of p(z | y, M) = N(w^T M, sigma^2 I) (eq. 6); the paper fixes 1.
+    write_method: "batch" or "online" memory write (identical posteriors; section 3.3).
+    chunk_size: observations per on-line write step (method "online" only; None = 1).
+    distribution_memory: read and write with distributions, Appendix F, instead of
+      mean-field reads (eq. 6 with R) and sampled writes (eq. 8).
+    episode_length: T used for training and by default in evaluation.
+  """
+  image_shape: Tuple[int, int, int] = (28, 28, 1)
+  code_size: int = 100
+  memory_size: int = 64
+  address_size: int = 50
+  num_filters: int = 16
+  likelihood: str = "bernoulli"
+  y_size: int = 50
+  mlp_hidden_size: int = 200
+  y_noise_std: float = 0.2
+  noise_variance: float = 1.0
+  write_method: str = "batch"
+  chunk_size: Optional[int] = None
+  distribution_memory: bool = False
+  episode_length: int = 32
+
+  def __post_init__(self):
+    shape = tuple(self.image_shape)
+    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+      raise ValueError(f"ModelConfig.image_shape must be (H, W, D) of positive ints; "
+                       f"got {self.image_shape!r}.")
+    object.__setattr__(self, "image_shape", shape)
+    for name in ("code_size", "memory_size", "address_size", "num_filters", "y_size",
+                 "mlp_hidden_size", "episode_length"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"ModelConfig.{name} must be a positive int; got {value!r}.")
+    if self.likelihood not in LIKELIHOODS:
+      raise ValueError(f"ModelConfig.likelihood must be one of {LIKELIHOODS}; "
+                       f"got {self.likelihood!r}.")
+    if self.write_method not in WRITE_METHODS:
+      raise ValueError(f"ModelConfig.write_method must be one of {WRITE_METHODS}; "
+                       f"got {self.write_method!r}.")
+    if self.chunk_size is not None:
+      if self.write_method != "online":
+        raise ValueError("ModelConfig.chunk_size is only used with write_method='online'; "
+                         f"got chunk_size={self.chunk_size} with {self.write_method!r}.")
+      if not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
+        raise ValueError(f"ModelConfig.chunk_size must be a positive int; got {self.chunk_size!r}.")
+    if not self.noise_variance > 0:
+      raise ValueError(f"ModelConfig.noise_variance must be > 0; got {self.noise_variance!r}.")
+    if not self.y_noise_std >= 0:
+      raise ValueError(f"ModelConfig.y_noise_std must be >= 0; got {self.y_noise_std!r}.")
+
+  @classmethod
+  def omniglot(cls, **overrides):
+    """Paper preset for 28x28 binarized Omniglot: K=64, C=100, S=50, 16 filters, T=32."""
+    return cls(**{**dict(image_shape=(28, 28, 1), code_size=100, memory_size=64,
+                         address_size=50, num_filters=16, likelihood="bernoulli",
+                         y_size=50, mlp_hidden_size=200), **overrides})
+
+  @classmethod
+  def cifar(cls, **overrides):
+    """Paper preset for CIFAR-10: K=128, C=200, S=50, 32 filters, Gaussian likelihood, T=32."""
+    return cls(**{**dict(image_shape=(32, 32, 3), code_size=200, memory_size=128,
+                         address_size=50, num_filters=32, likelihood="gaussian",
+                         y_size=50, mlp_hidden_size=400), **overrides})
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values):
+    values = dict(values)
+    if "image_shape" in values:
+      values["image_shape"] = tuple(values["image_shape"])
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"ModelConfig: unknown fields {sorted(unknown)}.")
+    return cls(**values)

@@ -1,0 +1,434 @@
+"""The Kanerva Machine (paper section 3) and its matched VAE baseline (section 4.1).
+
+Both models take episodes `[B, T, H, W, D]` of float32 images in [0, 1] and return the
+negative variational lower bound per sample (eq. 12 divided by T for the Kanerva Machine,
+eq. 1 for the VAE) and each of its terms, in nats, as means over the batch.
+
+Shapes follow the package glossary (`kanerva_tf/__init__.py`); Y is the size of y.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import samplers
+
+from kanerva_tf import networks
+from kanerva_tf.config import ModelConfig
+from kanerva_tf.memory import KanervaMemory
+
+tfd = tfp.distributions
+
+__all__ = ["KanervaMachine", "VAE", "diag_normal_kl", "bernoulli_log_prob", "gaussian_log_prob"]
+
+_MIN_SCALE = 1e-4
+_LOG_2PI = float(np.log(2. * np.pi))
+
+
+# ----------------------------------------------------------------------------- math helpers
+def _split_normal(params):
+  """[..., 2X] network output -> (mean [..., X], scale [..., X]); scale = softplus + 1e-4."""
+  mean, raw = tf.split(params, 2, axis=-1)
+  return mean, tf.nn.softplus(raw) + _MIN_SCALE
+
+
+def _sample_normal(mean, scale, seed):
+  """Reparameterised sample mean + scale * eps with a stateless seed."""
+  return mean + scale * tf.random.stateless_normal(tf.shape(mean), seed=seed, dtype=mean.dtype)
+
+
+def diag_normal_kl(mean_q, scale_q, mean_p, scale_p):
+  """KL(N(mean_q, diag scale_q^2) || N(mean_p, diag scale_p^2)), summed over the last axis.
+
+  ```none
+  KL = sum_i  log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2
+  ```
+  """
+  var_ratio = tf.square(scale_q / scale_p)
+  mahalanobis = tf.square((mean_q - mean_p) / scale_p)
+  return 0.5 * tf.reduce_sum(var_ratio + mahalanobis - 1. - tf.math.log(var_ratio), axis=-1)
+
+
+def bernoulli_log_prob(x, logits):
+  """log p(x | logits) of independent Bernoullis, summed over [H, W, D]: `[...]`."""
+  return -tf.reduce_sum(
+      tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=[-3, -2, -1])
+
+
+def gaussian_log_prob(x, mean, scale):
+  """log N(x; mean, diag scale^2), summed over [H, W, D]: `[...]`."""
+  z = (x - mean) / scale
+  return -tf.reduce_sum(0.5 * tf.square(z) + tf.math.log(scale) + 0.5 * _LOG_2PI,
+                        axis=[-3, -2, -1])
+
+
+# ----------------------------------------------------------------------------- shared base
+class _GenerativeModel(keras.Model):
+  """Encoder, decoder, likelihood and input checks shared by `KanervaMachine` and `VAE`."""
+
+  def __init__(self, config=None, **kwargs):
+    super().__init__(**kwargs)
+    if config is None:
+      config = ModelConfig()
+    if not isinstance(config, ModelConfig):
+      raise TypeError(f"{type(self).__name__} needs a kanerva_tf.ModelConfig; got {config!r}.")
+    self.config = config
+    c = config.code_size
+    image_channels = config.image_shape[-1]
+    # Embedding e(x) of size 2C (Appendix C); for the VAE it is (mean, scale) of q(z|x).
+    self.encoder = networks.Encoder(config.num_filters, 2 * c, config.image_shape,
+                                    name="encoder")
+    # Bernoulli: logits [.., D]; Gaussian: mean and scale per pixel [.., 2D].
+    out = image_channels if config.likelihood == "bernoulli" else 2 * image_channels
+    self.decoder = networks.Decoder(config.num_filters, config.image_shape,
+                                    output_channels=out, name="decoder")
+
+  # -- keras plumbing
+  def get_config(self):
+    return {"name": self.name, "config": self.config.to_dict()}
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(ModelConfig.from_dict(config["config"]), name=config.get("name"))
+
+  # -- inputs
+  def check_images(self, images, rank=5, what="episode"):
+    """Checks images `[B, T, H, W, D]` (rank 5) or `[B, H, W, D]` (rank 4) and returns them.
+
+    Raises:
+      TypeError: not float32 (no silent casting: convert uint8 with `tf.cast(x, tf.float32) / 255`).
+      ValueError: wrong rank or image shape (static check).
+      tf.errors.InvalidArgumentError: NaN/Inf or values outside [0, 1] (run-time check).
+    """
+    layout = "[B, T, H, W, D]" if rank == 5 else "[B, H, W, D]"
+    x = tf.convert_to_tensor(images)
+    if x.dtype != tf.float32:
+      raise TypeError(
+          f"{type(self).__name__}: {what} images must be float32 in [0, 1]; got dtype "
+          f"{x.dtype.name}. Convert e.g. uint8 images with tf.cast(x, tf.float32) / 255.")
+    if x.shape.rank is not None and x.shape.rank != rank:
+      raise ValueError(
+          f"{type(self).__name__}: {what} must be {layout} = [..., "
+          f"{', '.join(map(str, self.config.image_shape))}] (rank {rank}); got shape "
+          f"{x.shape} (rank {x.shape.rank}).")
+    got = tuple(x.shape[-3:])
+    if got != self.config.image_shape and None not in got:
+      raise ValueError(
+          f"{type(self).__name__}: {what} images must have shape (H, W, D) = "
+          f"{self.config.image_shape} (ModelConfig.image_shape); got {got} in {layout} "
+          f"shape {x.shape}.")
+    with tf.control_dependencies([
+        tf.debugging.assert_all_finite(x, f"{type(self).__name__}: {what} contains NaN or Inf."),
+        tf.debugging.assert_greater_equal(x, 0., message=f"{what} values must be in [0, 1]"),
+        tf.debugging.assert_less_equal(x, 1., message=f"{what} values must be in [0, 1]"),
+    ]):
+      return tf.identity(x)
+
+  def _dequantize(self, x, dequantize, seed):
+    """Uniform U(0, 1/256) noise on Gaussian-likelihood inputs (Appendix C)."""
+    if self.config.likelihood != "gaussian" or not dequantize:
+      return x
+    return x + tf.random.stateless_uniform(tf.shape(x), seed, maxval=1. / 256.)
+
+  # -- likelihood p(x | z)
+  def decode(self, z):
+    """Decoder output for codes `[..., C]`: a dict with 'mean' `[..., H, W, D]` (Bernoulli
+    probabilities, or the Gaussian mean clipped to [0, 1]) and the likelihood parameters
+    ('logits', or 'loc' and 'scale')."""
+    out = self.decoder(z)
+    if self.config.likelihood == "bernoulli":
+      return {"logits": out, "mean": tf.sigmoid(out)}
+    loc, raw = tf.split(out, 2, axis=-1)
+    # 'mean' is the image shown and fed back: the Gaussian mean clipped to [0, 1].
+    return {"loc": loc, "scale": tf.nn.softplus(raw) + 1e-3,
+            "mean": tf.clip_by_value(loc, 0., 1.)}
+
+  def log_likelihood(self, x, params):
+    """log p(x | z) summed over pixels, `[...]` (nats)."""
+    if self.config.likelihood == "bernoulli":
+      return bernoulli_log_prob(x, params["logits"])
+    return gaussian_log_prob(x, params["loc"], params["scale"])
+
+  def sample_images(self, params, seed):
+    """A sample x ~ p(x | z) (Bernoulli), or the mean (Gaussian: pixel noise is not fed back)."""
+    if self.config.likelihood == "bernoulli":
+      u = tf.random.stateless_uniform(tf.shape(params["mean"]), seed)
+      return tf.cast(u < params["mean"], tf.float32)
+    return params["mean"]
+
+  def bits_per_dim(self, nats_per_sample):
+    """Bits per dimension of 8-bit images from a dequantised per-sample bound in nats:
+    (nats + HWD log 256) / (HWD log 2)."""
+    dims = float(np.prod(self.config.image_shape))
+    return (nats_per_sample + dims * np.log(256.)) / (dims * np.log(2.))
+
+
+# ----------------------------------------------------------------------------- VAE
+@keras.saving.register_keras_serializable(package="kanerva_tf")
+class VAE(_GenerativeModel):
+  """The matched VAE baseline: same encoder and decoder, prior N(0, I) on z (eq. 1).
+
+  q(z|x) = N(e_mean(x), e_scale(x)) from the 2C embedding; loss per sample
+  `-log p(x|z) + KL(q(z|x) || N(0, I))`.
+  """
+
+  def call(self, episode, training=False, seed=None, dequantize=None):
+    """Negative bound of eq. 1 per sample, for episodes `[B, T, H, W, D]` (T ignored).
+
+    Returns:
+      dict of scalars `loss`, `reconstruction`, `kl_z` (means over B, T, in nats) and
+      `per_example_loss` `[B]` (mean over T).
+    """
+    x = self.check_images(episode)
+    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2)
+    x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
+    mean, scale = _split_normal(self.encoder(x))                     # [B, T, C]
+    z = _sample_normal(mean, scale, seeds[1])
+    reconstruction = -self.log_likelihood(x, self.decode(z))        # [B, T]
+    kl_z = diag_normal_kl(mean, scale, tf.zeros_like(mean), tf.ones_like(scale))  # [B, T]
+    per_example = tf.reduce_mean(reconstruction + kl_z, axis=-1)    # [B]
+    return {
+        "loss": tf.reduce_mean(per_example),
+        "per_example_loss": per_example,
+        "reconstruction": tf.reduce_mean(reconstruction),
+        "kl_z": tf.reduce_mean(kl_z),
+    }
+
+  def reconstruct(self, episode, seed=None):
+    """Mean reconstructions `[B, T, H, W, D]` through z ~ q(z|x)."""
+    x = self.check_images(episode)
+    mean, scale = _split_normal(self.encoder(x))
+    return self.decode(_sample_normal(mean, scale, samplers.sanitize_seed(seed)))["mean"]
+
+  def generate(self, num_samples, iterations=0, seed=None):
+    """Samples z ~ N(0, I), decoded, then fed back `iterations` times (Fig. 8).
+
+    Returns:
+      `[iterations + 1, num_samples, H, W, D]` image means.
+    """
+    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2 * iterations + 2)
+    z = tf.random.stateless_normal([num_samples, self.config.code_size], seeds[0])
+    params = self.decode(z)
+    outputs = [params["mean"]]
+    for i in range(iterations):
+      x = self.sample_images(params, seeds[2 * i + 1])
+      mean, scale = _split_normal(self.encoder(x))
+      params = self.decode(_sample_normal(mean, scale, seeds[2 * i + 2]))
+      outputs.append(params["mean"])
+    return tf.stack(outputs)
+
+
+# ----------------------------------------------------------------------------- Kanerva Machine
+@keras.saving.register_keras_serializable(package="kanerva_tf")
+class KanervaMachine(_GenerativeModel):
+  """The Kanerva Machine: a VAE whose prior on z is read from a Bayesian memory.
+
+  Generative model (eq. 3-6):   M ~ MN(R_0, U_0, I_C);  y_t ~ N(0, I);
+    w_t = f(y_t)^T A  (eq. 5, rows of A L2-normalised);  z_t ~ N(w_t^T M, sigma^2 I)  (eq. 6);
+    x_t ~ p(x_t | z_t)  (decoder; Bernoulli or Gaussian).
+  Writing (eq. 8-11): y_t ~ q(y_t|x_t), z_t ~ q(z_t|x_t); q(M|X) = p(M | Y, Z) by
+    `KanervaMemory.update`.  Reading (eq. 7): q(z_t | x_t, y_t, M) = MLP([e(x_t), w_t^T R]).
+  Loss (eq. 12 / T, mean-field: R in place of M):
+    -log p(x_t|z_t) + KL(q(y_t|x_t) || p(y_t)) + KL(q(z_t|x_t,y_t,M) || p(z_t|y_t,M)).
+  With `config.distribution_memory` (Appendix F), writing integrates out q(z|x) (isotropic
+  variance = mean of its diagonal variances) and reading uses eq. 19,
+  p(z_t | y_t, R, U) = N(w_t^T R, (w_t^T U w_t + sigma^2) I).
+  """
+
+  def __init__(self, config=None, **kwargs):
+    super().__init__(config, **kwargs)
+    cfg = self.config
+    k, c, s = cfg.memory_size, cfg.code_size, cfg.address_size
+    self.q_y = networks.MLP(cfg.mlp_hidden_size, 2 * cfg.y_size, name="q_y")
+    self.key = networks.MLP(cfg.mlp_hidden_size, s, name="key")
+    self.q_z = networks.MLP(cfg.mlp_hidden_size, 2 * c, name="q_z_read")
+    self.addresses = self.add_weight(
+        shape=(k, s), initializer=keras.initializers.RandomNormal(stddev=1.), name="addresses")
+    self.prior_loc = self.add_weight(shape=(k, c), initializer="zeros", name="prior_loc")
+    # U_0 = L L^T with L lower triangular, diag(L) = softplus(raw) > 0: positive definite.
+    softplus_inv_one = float(np.log(np.expm1(1.)))
+    self.prior_scale_raw = self.add_weight(
+        shape=(k, k), initializer=keras.initializers.Identity(gain=softplus_inv_one),
+        name="prior_scale_raw")
+
+  # -- the memory
+  def prior(self):
+    """The learned prior memory p(M) = MN(R_0, U_0, I_C) (eq. 4), batch shape []."""
+    raw = tf.convert_to_tensor(self.prior_scale_raw)
+    diag = tf.nn.softplus(tf.linalg.diag_part(raw)) + 1e-3
+    scale = tf.linalg.set_diag(tf.linalg.band_part(raw, -1, 0), diag)  # L [K, K]
+    return KanervaMemory(self.prior_loc, tf.matmul(scale, scale, transpose_b=True),
+                         name="prior_memory")
+
+  def normalized_addresses(self):
+    """A with rows of unit L2 norm, `[K, S]`."""
+    return tf.math.l2_normalize(tf.convert_to_tensor(self.addresses), axis=-1)
+
+  def addressing_weights(self, y):
+    """w = f(y)^T A (eq. 5): y `[..., Y]` -> w `[..., K]`."""
+    return tf.einsum("...s,ks->...k", self.key(y), self.normalized_addresses())
+
+  def q_y_params(self, embedding, training, seed):
+    """(mean, scale) of q(y|x) `[..., Y]`; N(0, 0.2^2) noise on its input when training."""
+    if training and self.config.y_noise_std > 0:
+      embedding = embedding + self.config.y_noise_std * tf.random.stateless_normal(
+          tf.shape(embedding), seed)
+    return _split_normal(self.q_y(embedding))
+
+  def _write(self, embedding, w, seed):
+    """q(M|X) = p(M | Y, Z) with z_t ~ q(z_t|x_t) (eq. 8), or Appendix F's q integrated out."""
+    mean, scale = _split_normal(embedding)                           # q(z|x) [B, T, C]
+    if self.config.distribution_memory:
+      z, z_variance = mean, tf.reduce_mean(tf.square(scale), axis=-1)  # [B, T, C], [B, T]
+    else:
+      z, z_variance = _sample_normal(mean, scale, seed), None
+    return self.prior().update(
+        w, z, noise_variance=self.config.noise_variance, z_variance=z_variance,
+        method=self.config.write_method, chunk_size=self.config.chunk_size)
+
+  def _memory_prior_on_z(self, memory, w):
+    """p(z | y, M) as (mean `[..., C]`, scale broadcastable to it): eq. 6 or eq. 19."""
+    if self.config.distribution_memory:
+      pred = memory.predictive(w, self.config.noise_variance)
+      return pred.mean(), pred.stddev()
+    return memory.read(w), tf.constant(np.sqrt(self.config.noise_variance), tf.float32)
+
+  def _read_step(self, embedding, memory, training, seed):
+    """One read: y ~ q(y|x), w, p(z|y,M), z ~ q(z|x,y,M). Returns a dict of tensors."""
+    seeds = samplers.split_seed(seed, 3)
+    mean_y, scale_y = self.q_y_params(embedding, training, seeds[0])  # [.., Y]
+    y = _sample_normal(mean_y, scale_y, seeds[1])
+    w = self.addressing_weights(y)                                     # [.., K]
+    prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [.., C]
+    mean_z, scale_z = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
+    z = _sample_normal(mean_z, scale_z, seeds[2])
+    return dict(mean_y=mean_y, scale_y=scale_y, w=w, prior_mean=prior_mean,
+                prior_scale=prior_scale, mean_z=mean_z, scale_z=scale_z, z=z)
+
+  def call(self, episode, training=False, seed=None, dequantize=None):
+    """Negative bound of eq. 12 divided by T, for episodes `[B, T, H, W, D]`.
+
+    The episode is written to the memory, then each x_t is read back from the posterior
+    memory with the same sample of y_t (one sample approximates eq. 8's integral).
+
+    Returns:
+      dict of scalars (means over B and T, nats per sample): `loss`, `reconstruction`
+      (-log p(x|z)), `kl_y`, `kl_z`, `kl_memory` (KL(q(M|X) || p(M)) / T, a diagnostic not in
+      the loss, as in eq. 12) and `per_example_loss` `[B]`.
+    """
+    x = self.check_images(episode)
+    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 4)
+    x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
+    embedding = self.encoder(x)                                        # [B, T, 2C]
+    y_seeds = samplers.split_seed(seeds[1], 2)
+    mean_y, scale_y = self.q_y_params(embedding, training, y_seeds[0])  # [B, T, Y]
+    y = _sample_normal(mean_y, scale_y, y_seeds[1])
+    w = self.addressing_weights(y)                                     # [B, T, K]
+    memory = self._write(embedding, w, seeds[2])                       # batch [B]
+    prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
+    mean_z, scale_z = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
+    z = _sample_normal(mean_z, scale_z, seeds[3])                      # [B, T, C]
+    reconstruction = -self.log_likelihood(x, self.decode(z))          # [B, T]
+    kl_y = diag_normal_kl(mean_y, scale_y, tf.zeros_like(mean_y), tf.ones_like(scale_y))
+    kl_z = diag_normal_kl(mean_z, scale_z, prior_mean,
+                          tf.broadcast_to(prior_scale, tf.shape(prior_mean)))  # [B, T]
+    per_example = tf.reduce_mean(reconstruction + kl_y + kl_z, axis=-1)  # [B]
+    episode_length = tf.cast(tf.shape(x)[1], tf.float32)
+    kl_memory = tfd.kl_divergence(memory, self.prior()) / episode_length        # [B]
+    return {
+        "loss": tf.reduce_mean(per_example),
+        "per_example_loss": per_example,
+        "reconstruction": tf.reduce_mean(reconstruction),
+        "kl_y": tf.reduce_mean(kl_y),
+        "kl_z": tf.reduce_mean(kl_z),
+        "kl_memory": tf.reduce_mean(kl_memory),
+    }
+
+  # -- the user API: write, read, generate, interpolate
+  def write(self, episode, seed=None):
+    """Writes episodes `[B, T, H, W, D]` into the prior memory (Algorithm 2).
+
+    Returns:
+      The posterior `KanervaMemory` q(M|X), batch shape [B], event [K, C].
+    """
+    x = self.check_images(episode)
+    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 3)
+    embedding = self.encoder(x)
+    mean_y, scale_y = self.q_y_params(embedding, False, seeds[0])
+    w = self.addressing_weights(_sample_normal(mean_y, scale_y, seeds[1]))
+    return self._write(embedding, w, seeds[2])
+
+  def read(self, queries, memory, iterations=1, seed=None):
+    """Iterative reading (Algorithm 1, section 3.5) of queries `[B, N, H, W, D]`.
+
+    Each iteration: y ~ q(y|x), w = f(y)^T A, mu_z = w^T R, z ~ q(z|x, y, M),
+    x ~ p(x|z); the new x (a Bernoulli sample, or the Gaussian mean) is the next query.
+
+    Args:
+      queries: `[B, N, H, W, D]` float32 images in [0, 1] (e.g. noisy or incomplete).
+      memory: a `KanervaMemory` with batch shape [B] (from `write`) or [] (e.g. `prior()`).
+      iterations: number of reads n >= 1 (a Python int).
+      seed: stateless seed.
+
+    Returns:
+      `[n, B, N, H, W, D]`: the mean image E[x|z] of every iteration.
+    """
+    if not isinstance(iterations, int) or iterations < 1:
+      raise ValueError(f"read: iterations must be an int >= 1; got {iterations!r}.")
+    x = self.check_images(queries, what="queries")
+    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2 * iterations)
+    outputs = []
+    for i in range(iterations):
+      step = self._read_step(self.encoder(x), memory, False, seeds[2 * i])
+      params = self.decode(step["z"])
+      outputs.append(params["mean"])
+      x = self.sample_images(params, seeds[2 * i + 1])
+    return tf.stack(outputs)
+
+  def generate(self, memory, num_samples, iterations=0, seed=None):
+    """Samples conditioned on a memory (section 4.2), refined by iterative reading.
+
+    y ~ N(0, I), w = f(y)^T A, z ~ p(z | y, M) (eq. 6 with R; eq. 19 with
+    distribution_memory), x ~ p(x | z); then `iterations` rounds of `read`.
+
+    Returns:
+      `[iterations + 1, B, num_samples, H, W, D]` image means (index 0: before reading).
+    """
+    if not isinstance(iterations, int) or iterations < 0:
+      raise ValueError(f"generate: iterations must be an int >= 0; got {iterations!r}.")
+    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 4)
+    batch = tf.shape(memory.loc)[:-2]
+    y = tf.random.stateless_normal(
+        tf.concat([batch, [num_samples, self.config.y_size]], 0), seeds[0])
+    w = self.addressing_weights(y)                                    # [B, N, K]
+    mean, scale = self._memory_prior_on_z(memory, w)
+    z = _sample_normal(mean, tf.broadcast_to(scale, tf.shape(mean)), seeds[1])
+    params = self.decode(z)
+    outputs = params["mean"][tf.newaxis]
+    if iterations:
+      x = self.sample_images(params, seeds[2])
+      outputs = tf.concat([outputs, self.read(x, memory, iterations, seeds[3])], axis=0)
+    return outputs
+
+  def reconstruct(self, episode, seed=None):
+    """Writes episodes `[B, T, H, W, D]` and reads them back once: means `[B, T, H, W, D]`."""
+    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2)
+    memory = self.write(episode, seeds[0])
+    return self.read(episode, memory, 1, seeds[1])[0]
+
+  def interpolate(self, images_a, images_b, memory, num_steps=8):
+    """Images read from linear interpolations in w-space (section 4.3, Fig. 7).
+
+    w_a, w_b come from the means of q(y|x) of `images_a`, `images_b` `[B, H, W, D]`;
+    w(alpha) = (1 - alpha) w_a + alpha w_b is read with z = w^T R and decoded.
+
+    Returns:
+      `[B, num_steps, H, W, D]` image means (alpha from 0 to 1).
+    """
+    pair = tf.stack([self.check_images(images_a, 4, "images_a"),
+                     self.check_images(images_b, 4, "images_b")], axis=1)  # [B, 2, H, W, D]
+    mean_y, _ = self.q_y_params(self.encoder(pair), False, None)
+    w = self.addressing_weights(mean_y)                                     # [B, 2, K]
+    alpha = tf.linspace(0., 1., num_steps)[:, tf.newaxis]                   # [steps, 1]
+    w = (1. - alpha) * w[:, :1] + alpha * w[:, 1:]                          # [B, steps, K]
+    return self.decode(memory.read(w))["mean"]

@@ -1,0 +1,192 @@
+"""Tests of kanerva_tf.model: KanervaMachine and VAE."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import kanerva_tf as kt
+from kanerva_tf import model as model_lib
+
+tfd = tfp.distributions
+
+TINY = kt.ModelConfig(image_shape=(8, 8, 1), code_size=6, memory_size=5, address_size=4,
+                      num_filters=4, y_size=3, mlp_hidden_size=8, episode_length=4)
+
+
+def _binary(shape, seed=0):
+  return tf.cast(tf.random.stateless_uniform(shape, (seed, 0)) < 0.3, tf.float32)
+
+
+def _scalars(out):
+  return {k: float(v) for k, v in out.items() if v.shape.rank == 0}
+
+
+# ----------------------------------------------------------------------------- math helpers
+def test_diag_normal_kl_matches_tfp():
+  rng = np.random.default_rng(0)
+  mq, mp = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+  sq, sp = rng.uniform(0.1, 2, size=(2, 3, 5)), rng.uniform(0.1, 2, size=(1, 3, 5))
+  want = tfd.kl_divergence(tfd.MultivariateNormalDiag(mq, sq), tfd.MultivariateNormalDiag(mp, sp))
+  np.testing.assert_allclose(model_lib.diag_normal_kl(mq, sq, mp, sp), want, rtol=1e-10)
+
+
+def test_likelihoods_match_tfp():
+  rng = np.random.default_rng(1)
+  x = (rng.random((2, 4, 4, 3)) < 0.5).astype(np.float64)
+  logits = rng.normal(size=(2, 4, 4, 3))
+  np.testing.assert_allclose(
+      model_lib.bernoulli_log_prob(x, logits),
+      np.sum(x * -np.logaddexp(0, -logits) + (1 - x) * -np.logaddexp(0, logits), axis=(1, 2, 3)),
+      rtol=1e-10)
+  xg = rng.random((2, 4, 4, 3))
+  loc, scale = rng.normal(size=xg.shape), rng.uniform(0.1, 1, size=xg.shape)
+  np.testing.assert_allclose(
+      model_lib.gaussian_log_prob(xg, loc, scale),
+      tfd.Independent(tfd.Normal(loc, scale), 3).log_prob(xg), rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("preset", ["omniglot", "cifar"])
+@pytest.mark.parametrize("cls", [kt.KanervaMachine, kt.VAE])
+def test_presets_shapes_finite_and_loss_is_sum_of_terms(preset, cls):
+  cfg = getattr(kt.ModelConfig, preset)()
+  model = cls(cfg)
+  x = tf.random.stateless_uniform((2, 3) + cfg.image_shape, (1, 2))
+  if cfg.likelihood == "bernoulli":
+    x = tf.round(x)
+  out = model(x, training=True, seed=(3, 4))
+  assert out["per_example_loss"].shape == (2,)
+  for key, value in out.items():
+    assert np.all(np.isfinite(value)), key
+  terms = ["reconstruction", "kl_z"] + (["kl_y"] if cls is kt.KanervaMachine else [])
+  assert set(terms) <= set(out)
+  np.testing.assert_allclose(out["loss"], sum(out[k] for k in terms), rtol=1e-5)
+  np.testing.assert_allclose(out["loss"], np.mean(out["per_example_loss"]), rtol=1e-6)
+  if cls is kt.KanervaMachine:
+    assert out["kl_memory"] > 0
+    memory = model.write(x, seed=(1, 1))
+    assert memory.batch_shape == [2] and memory.event_shape == [cfg.memory_size, cfg.code_size]
+    reads = model.read(x, memory, iterations=2, seed=(2, 2))
+    assert reads.shape == (2, 2, 3) + cfg.image_shape
+    samples = model.generate(memory, 4, iterations=1, seed=(3, 3))
+    assert samples.shape == (2, 2, 4) + cfg.image_shape
+    assert np.all(np.isfinite(samples)) and np.all(samples >= 0) and np.all(samples <= 1)
+  else:
+    assert model.generate(4, iterations=1, seed=(3, 3)).shape == (2, 4) + cfg.image_shape
+  assert model.reconstruct(x, seed=(4, 4)).shape == x.shape
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("cls", [kt.KanervaMachine, kt.VAE])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_gradients_reach_every_trainable_variable(cls, likelihood):
+  cfg = kt.ModelConfig(**{**TINY.to_dict(), "likelihood": likelihood})
+  model = cls(cfg)
+  x = tf.random.stateless_uniform((2, 4, 8, 8, 1), (5, 6))
+  with tf.GradientTape() as tape:
+    loss = model(x, training=True, seed=(1, 2))["loss"]
+  variables = model.trainable_variables
+  grads = tape.gradient(loss, variables)
+  names = [v.path for v in variables]
+  for name, grad in zip(names, grads):
+    assert grad is not None, name
+    assert np.any(np.asarray(grad) != 0), name
+  joined = " ".join(names)
+  for part in ["encoder", "decoder"] + (
+      ["q_y", "key", "q_z_read", "addresses", "prior_loc", "prior_scale_raw"]
+      if cls is kt.KanervaMachine else []):
+    assert part in joined, part
+
+
+def test_prior_row_covariance_stays_positive_definite():
+  model = kt.KanervaMachine(TINY)
+  raw = np.random.default_rng(2).normal(size=(5, 5)).astype(np.float32) * 3
+  model.prior_scale_raw.assign(raw)
+  u = model.prior().row_covariance.numpy()
+  np.testing.assert_allclose(u, u.T, rtol=1e-6)
+  assert np.linalg.eigvalsh(u).min() > 0
+
+
+# ----------------------------------------------------------------------------- options
+def test_same_seed_same_loss_and_write_methods_agree():
+  x = _binary((2, 4, 8, 8, 1))
+  batch = kt.KanervaMachine(TINY)
+  batch(x)
+  online = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "write_method": "online",
+                                               "chunk_size": 3}))
+  online(x)
+  online.set_weights(batch.get_weights())
+  a = batch(x, training=True, seed=(7, 7))
+  b = batch(x, training=True, seed=(7, 7))
+  c = online(x, training=True, seed=(7, 7))
+  assert _scalars(a) == _scalars(b)
+  for key in ("loss", "kl_z", "kl_memory"):
+    np.testing.assert_allclose(c[key], a[key], rtol=1e-4)
+  assert _scalars(batch(x, training=True, seed=(8, 8)))["loss"] != _scalars(a)["loss"]
+
+
+def test_distribution_memory_option():
+  x = _binary((2, 4, 8, 8, 1))
+  mean_field = kt.KanervaMachine(TINY)
+  mean_field(x)
+  dist = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "distribution_memory": True}))
+  dist(x)
+  dist.set_weights(mean_field.get_weights())
+  a, b = mean_field(x, seed=(1, 1)), dist(x, seed=(1, 1))
+  assert np.isfinite(b["loss"]) and abs(float(a["kl_z"]) - float(b["kl_z"])) > 1e-6
+  np.testing.assert_allclose(b["loss"], b["reconstruction"] + b["kl_y"] + b["kl_z"], rtol=1e-5)
+
+
+def test_gaussian_dequantisation_only_in_training():
+  cfg = kt.ModelConfig(**{**TINY.to_dict(), "likelihood": "gaussian"})
+  model = kt.VAE(cfg)
+  x = tf.random.stateless_uniform((1, 4, 8, 8, 1), (1, 1))
+  train = [float(model(x, training=True, seed=(2, 2))["loss"]) for _ in range(2)]
+  evals = model(x, training=False, seed=(2, 2))
+  forced = model(x, training=False, seed=(2, 2), dequantize=True)
+  assert train[0] == train[1]
+  assert float(forced["loss"]) == train[0] != float(evals["loss"])
+  assert 0 < model.bits_per_dim(evals["loss"]) < 100
+
+
+def test_get_config_round_trip():
+  x = _binary((1, 4, 8, 8, 1))
+  for cls in (kt.KanervaMachine, kt.VAE):
+    model = cls(TINY)
+    model(x)
+    clone = cls.from_config(model.get_config())
+    clone(x)
+    clone.set_weights(model.get_weights())
+    assert clone.config == model.config
+    np.testing.assert_allclose(clone(x, seed=(1, 1))["loss"], model(x, seed=(1, 1))["loss"])
+
+
+def test_interpolation_endpoints_are_the_reads_of_the_inputs():
+  model = kt.KanervaMachine(TINY)
+  x = _binary((2, 4, 8, 8, 1))
+  memory = model.write(x, seed=(1, 1))
+  images = model.interpolate(x[:, 0], x[:, 1], memory, num_steps=5)
+  assert images.shape == (2, 5, 8, 8, 1)
+  mean_y, _ = model.q_y_params(model.encoder(x[:, :1]), False, None)
+  first = model.decode(memory.read(model.addressing_weights(mean_y)))["mean"]
+  np.testing.assert_allclose(images[:, :1], first, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_raises_clear_errors():
+  model = kt.KanervaMachine(TINY)
+  with pytest.raises(TypeError, match=r"float32.*uint8.*tf.cast"):
+    model(tf.zeros((1, 4, 8, 8, 1), tf.uint8))
+  with pytest.raises(ValueError, match=r"\[B, T, H, W, D\].*rank 4"):
+    model(tf.zeros((4, 8, 8, 1)))
+  with pytest.raises(ValueError, match=r"\(8, 8, 1\).*\(28, 28, 1\)"):
+    model(tf.zeros((1, 4, 28, 28, 1)))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+    model(tf.fill((1, 4, 8, 8, 1), np.nan))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[0, 1\]"):
+    model(tf.fill((1, 4, 8, 8, 1), 255.))
+  with pytest.raises(ValueError, match="iterations"):
+    model.read(tf.zeros((1, 2, 8, 8, 1)), model.prior(), iterations=0)
+  with pytest.raises(TypeError, match="ModelConfig"):
+    kt.KanervaMachine({"code_size": 3})
