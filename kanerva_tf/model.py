@@ -203,19 +203,31 @@ class VAE(_GenerativeModel):
   def generate(self, num_samples, iterations=0, seed=None):
     """Samples z ~ N(0, I), decoded, then fed back `iterations` times (Fig. 8).
 
+    `iterations` is a Python int or an integer scalar `Tensor` (a `tf.while_loop`).
+
     Returns:
       `[iterations + 1, num_samples, H, W, D]` image means.
     """
-    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2 * iterations + 2)
-    z = tf.random.stateless_normal([num_samples, self.config.code_size], seeds[0])
+    seed = samplers.sanitize_seed(seed)
+    z = tf.random.stateless_normal([num_samples, self.config.code_size], seed)
     params = self.decode(z)
-    outputs = [params["mean"]]
-    for i in range(iterations):
-      x = self.sample_images(params, seeds[2 * i + 1])
+
+    def body(i, params, outputs):
+      x_seed, z_seed = tf.unstack(samplers.split_seed(samplers.fold_in(seed, i), 2))
+      x = self.sample_images(params, x_seed)
       mean, scale = _split_normal(self.encoder(x))
-      params = self.decode(_sample_normal(mean, scale, seeds[2 * i + 2]))
-      outputs.append(params["mean"])
-    return tf.stack(outputs)
+      params = self.decode(_sample_normal(mean, scale, z_seed))
+      return i + 1, params, outputs.write(i + 1, params["mean"])
+
+    outputs = tf.TensorArray(tf.float32, size=iterations + 1,
+                             element_shape=params["mean"].shape).write(0, params["mean"])
+    i = tf.constant(0)
+    if isinstance(iterations, int):
+      for _ in range(iterations):
+        i, params, outputs = body(i, params, outputs)
+    else:
+      _, _, outputs = tf.while_loop(lambda i, *_: i < iterations, body, (i, params, outputs))
+    return outputs.stack()
 
 
 # ----------------------------------------------------------------------------- Kanerva Machine
@@ -367,23 +379,40 @@ class KanervaMachine(_GenerativeModel):
     Args:
       queries: `[B, N, H, W, D]` float32 images in [0, 1] (e.g. noisy or incomplete).
       memory: a `KanervaMemory` with batch shape [B] (from `write`) or [] (e.g. `prior()`).
-      iterations: number of reads n >= 1 (a Python int).
+      iterations: number of reads n >= 1: a Python int (unrolled), or an int32 scalar
+        `Tensor` (a `tf.while_loop`, e.g. in a SavedModel signature).
       seed: stateless seed.
 
     Returns:
       `[n, B, N, H, W, D]`: the mean image E[x|z] of every iteration.
     """
-    if not isinstance(iterations, int) or iterations < 1:
-      raise ValueError(f"read: iterations must be an int >= 1; got {iterations!r}.")
     x = self.check_images(queries, what="queries")
-    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2 * iterations)
-    outputs = []
-    for i in range(iterations):
-      step = self._read_step(self.encoder(x), memory, False, seeds[2 * i])
+    seed = samplers.sanitize_seed(seed)
+    if isinstance(iterations, int):
+      if iterations < 1:
+        raise ValueError(f"read: iterations must be >= 1; got {iterations}.")
+    elif not tf.is_tensor(iterations) or not iterations.dtype.is_integer:
+      raise ValueError(f"read: iterations must be an int or an integer Tensor; got {iterations!r}.")
+    else:
+      with tf.control_dependencies([tf.debugging.assert_positive(
+          iterations, message="read: iterations must be >= 1")]):
+        iterations = tf.identity(iterations)
+
+    def body(i, x, outputs):
+      step_seed, sample_seed = tf.unstack(samplers.split_seed(samplers.fold_in(seed, i), 2))
+      step = self._read_step(self.encoder(x), memory, False, step_seed)
       params = self.decode(step["z"])
-      outputs.append(params["mean"])
-      x = self.sample_images(params, seeds[2 * i + 1])
-    return tf.stack(outputs)
+      return i + 1, self.sample_images(params, sample_seed), outputs.write(i, params["mean"])
+
+    outputs = tf.TensorArray(tf.float32, size=iterations, element_shape=x.shape)
+    if isinstance(iterations, int):
+      i = tf.constant(0)
+      for _ in range(iterations):
+        i, x, outputs = body(i, x, outputs)
+    else:
+      _, _, outputs = tf.while_loop(lambda i, *_: i < iterations, body,
+                                    (tf.constant(0), x, outputs))
+    return outputs.stack()
 
   def generate(self, memory, num_samples, iterations=0, seed=None):
     """Samples conditioned on a memory (section 4.2), refined by iterative reading.
@@ -394,8 +423,8 @@ class KanervaMachine(_GenerativeModel):
     Returns:
       `[iterations + 1, B, num_samples, H, W, D]` image means (index 0: before reading).
     """
-    if not isinstance(iterations, int) or iterations < 0:
-      raise ValueError(f"generate: iterations must be an int >= 0; got {iterations!r}.")
+    if isinstance(iterations, int) and iterations < 0:
+      raise ValueError(f"generate: iterations must be >= 0; got {iterations!r}.")
     seeds = samplers.split_seed(samplers.sanitize_seed(seed), 4)
     batch = tf.shape(memory.loc)[:-2]
     y = tf.random.stateless_normal(
@@ -405,10 +434,14 @@ class KanervaMachine(_GenerativeModel):
     z = _sample_normal(mean, tf.broadcast_to(scale, tf.shape(mean)), seeds[1])
     params = self.decode(z)
     outputs = params["mean"][tf.newaxis]
-    if iterations:
-      x = self.sample_images(params, seeds[2])
-      outputs = tf.concat([outputs, self.read(x, memory, iterations, seeds[3])], axis=0)
-    return outputs
+    if isinstance(iterations, int) and iterations == 0:
+      return outputs
+    x = self.sample_images(params, seeds[2])
+    if isinstance(iterations, int):
+      return tf.concat([outputs, self.read(x, memory, iterations, seeds[3])], axis=0)
+    return tf.cond(iterations > 0,
+                   lambda: tf.concat([outputs, self.read(x, memory, iterations, seeds[3])], 0),
+                   lambda: outputs)
 
   def reconstruct(self, episode, seed=None):
     """Writes episodes `[B, T, H, W, D]` and reads them back once: means `[B, T, H, W, D]`."""

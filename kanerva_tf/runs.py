@@ -1,0 +1,90 @@
+"""A training run's working directory: its layout, its config, and restoring its model.
+
+Layout of `<workdir>`:
+
+  config.json     {"model_type": "kanerva" | "vae", "model": ModelConfig.to_dict(),
+                   "data": {...}, "train": {...}}  written once when the run starts
+  checkpoints/    tf.train.CheckpointManager checkpoints of {model, optimizer}
+  metrics.jsonl   one JSON object per line: {"step", "split": "train" | "test", terms...}
+  train/, test/   TensorBoard event files
+  export/         the SavedModel for serving (kanerva_tf.export)
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from kanerva_tf.config import ModelConfig
+from kanerva_tf.model import KanervaMachine
+from kanerva_tf.model import VAE
+
+__all__ = ["MODEL_TYPES", "build_model", "save_run_config", "load_run_config",
+           "restore_model", "checkpoint_dir", "export_dir", "metrics_path"]
+
+MODEL_TYPES = {"kanerva": KanervaMachine, "vae": VAE}
+CONFIG_FILE = "config.json"
+
+
+def checkpoint_dir(workdir):
+  return os.path.join(workdir, "checkpoints")
+
+
+def export_dir(workdir):
+  return os.path.join(workdir, "export")
+
+
+def metrics_path(workdir):
+  return os.path.join(workdir, "metrics.jsonl")
+
+
+def build_model(model_type, config):
+  """A `KanervaMachine` ("kanerva") or `VAE` ("vae") for `config`."""
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"model_type must be one of {sorted(MODEL_TYPES)}; got {model_type!r}.")
+  return MODEL_TYPES[model_type](config, name=model_type)
+
+
+def save_run_config(workdir, run_config):
+  """Writes `run_config` (a JSON-able dict) to `<workdir>/config.json` atomically."""
+  tf.io.gfile.makedirs(workdir)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    json.dump(run_config, f, indent=2, sort_keys=True)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def load_run_config(workdir):
+  """Reads `<workdir>/config.json`; a clear FileNotFoundError when it is not a run."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(
+        f"{path} does not exist: {workdir!r} is not a kanerva_tf training run directory "
+        "(train.py writes config.json there when a run starts).")
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def restore_model(workdir, checkpoint=None):
+  """Rebuilds the run's model and restores its weights.
+
+  Args:
+    workdir: a run directory written by `kanerva_tf.training`.
+    checkpoint: a checkpoint path; default the latest in `<workdir>/checkpoints`.
+
+  Returns:
+    (model, run_config, step): the built model with restored weights, the run's config
+    dict, and the training step of the checkpoint.
+  """
+  run_config = load_run_config(workdir)
+  config = ModelConfig.from_dict(run_config["model"])
+  model = build_model(run_config["model_type"], config)
+  model(tf.zeros((1, 2) + config.image_shape))  # create the variables
+  path = checkpoint or tf.train.latest_checkpoint(checkpoint_dir(workdir))
+  if path is None:
+    raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(workdir)}: train first, or pass "
+                            "the path of a checkpoint.")
+  step = tf.Variable(0, dtype=tf.int64)
+  tf.train.Checkpoint(model=model, step=step).read(path).expect_partial()
+  return model, run_config, int(step.numpy())
