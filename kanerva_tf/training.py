@@ -1,0 +1,423 @@
+"""Custom distributed training loop: MirroredStrategy, checkpoints, summaries, export.
+
+`train_and_evaluate(model_config, train_config, workdir)` is the whole job; `train.py` only
+turns flags into the two configs. Shapes follow the package glossary.
+
+Distribution: every global batch of B episodes is split across the replicas of a
+`tf.distribute` strategy; each replica returns its per-episode losses, scaled with
+`tf.nn.compute_average_loss(..., global_batch_size=B)` so that the gradients summed over
+replicas are those of the global mean (the Keras optimizer all-reduces them).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from kanerva_tf import data as data_lib
+from kanerva_tf import runs
+from kanerva_tf.config import ModelConfig
+
+__all__ = ["TrainConfig", "STRATEGIES", "make_strategy", "train_and_evaluate"]
+
+STRATEGIES = ("mirrored", "one_device", "default")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Settings of a training run (the model's sizes live in `ModelConfig`).
+
+  Attributes:
+    model_type: "kanerva" or "vae".
+    dataset, data_dir, image_size, binarize, grayscale: the TFDS data (`kanerva_tf.data`).
+    train_split, eval_split: TFDS splits for training and periodic evaluation.
+    train_steps: total optimiser steps (a resumed run continues up to this number).
+    batch_size: global batch B of episodes (split across replicas; divisible by their number).
+    learning_rate: Adam learning rate (paper: 1e-4).
+    seed: seed of initialisation, data order and all sampling.
+    strategy: "mirrored" (all local GPUs, else all logical CPU devices), "one_device"
+      (the first GPU, else the CPU) or "default" (no distribution).
+    steps_per_call: training steps run inside one `tf.function` call.
+    log_every, checkpoint_every, eval_every, image_every: periods in steps (0 = never;
+      a checkpoint, evaluation and export are always made at the end).
+    eval_batches: batches of B episodes averaged by each evaluation.
+    max_checkpoints: checkpoints kept in `<workdir>/checkpoints`.
+    jit_compile: XLA-compile each replica's forward and backward pass.
+    export: write the SavedModel to `<workdir>/export` at the end.
+  """
+  model_type: str = "kanerva"
+  dataset: str = "omniglot"
+  data_dir: Optional[str] = None
+  image_size: Optional[int] = None
+  binarize: Optional[bool] = None
+  grayscale: Optional[bool] = None
+  train_split: str = "train"
+  eval_split: str = "test"
+  train_steps: int = 100_000
+  batch_size: int = 16
+  learning_rate: float = 1e-4
+  seed: int = 0
+  strategy: str = "mirrored"
+  steps_per_call: int = 10
+  log_every: int = 100
+  checkpoint_every: int = 1000
+  eval_every: int = 1000
+  eval_batches: int = 10
+  image_every: int = 5000
+  max_checkpoints: int = 3
+  jit_compile: bool = False
+  export: bool = True
+
+  def __post_init__(self):
+    if self.model_type not in runs.MODEL_TYPES:
+      raise ValueError(f"model_type must be one of {sorted(runs.MODEL_TYPES)}; "
+                       f"got {self.model_type!r}.")
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f"strategy must be one of {STRATEGIES}; got {self.strategy!r}.")
+    for name in ("train_steps", "batch_size", "steps_per_call", "eval_batches",
+                 "max_checkpoints"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    for name in ("log_every", "checkpoint_every", "eval_every", "image_every"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0 (0 = never); got {value!r}.")
+    if not (isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1):
+      raise ValueError(f"learning_rate must be a float in (0, 1); got {self.learning_rate!r}.")
+
+  def data_kwargs(self):
+    """Keyword arguments of `kanerva_tf.data.episode_dataset` that describe the data."""
+    return dict(data_dir=self.data_dir, image_size=self.image_size, binarize=self.binarize,
+                grayscale=self.grayscale)
+
+
+def make_strategy(name):
+  """The `tf.distribute.Strategy` named by `TrainConfig.strategy`."""
+  gpus = tf.config.list_logical_devices("GPU")
+  if name == "mirrored":
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)
+  if name == "one_device":
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+  if name == "default":
+    return tf.distribute.get_strategy()
+  raise ValueError(f"strategy must be one of {STRATEGIES}; got {name!r}.")
+
+
+def _check_run_config(workdir, run_config):
+  """Writes config.json for a new run; for a resumed run, checks the model is the same."""
+  path = os.path.join(workdir, runs.CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    runs.save_run_config(workdir, run_config)
+    return
+  old = runs.load_run_config(workdir)
+  for key in ("model_type", "model", "data"):
+    saved, now = old.get(key), run_config[key]
+    if saved != now:
+      if isinstance(saved, dict) and isinstance(now, dict):
+        diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+                if saved.get(k) != now.get(k)}
+        detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+      else:
+        detail = f"saved {saved!r}, now {now!r}"
+      raise ValueError(
+          f"{workdir!r} holds a run with a different {key} ({detail}). Resume it with the "
+          "same settings, or use a new --workdir.")
+  runs.save_run_config(workdir, run_config)  # train settings (e.g. train_steps) may change
+
+
+def _scalar_keys(model_type):
+  keys = ["loss", "reconstruction", "kl_z"]
+  return keys + ["kl_y", "kl_memory"] if model_type == "kanerva" else keys
+
+
+def _append_metrics(workdir, record):
+  with tf.io.gfile.GFile(runs.metrics_path(workdir), "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _image_grid(images, columns):
+  """[N, H, W, D] in [0, 1] -> one image [1, rows*H, columns*W, D] for TensorBoard."""
+  n, h, w, d = images.shape
+  rows = -(-n // columns)
+  pad = rows * columns - n
+  images = np.concatenate([images, np.zeros((pad, h, w, d), images.dtype)])
+  grid = images.reshape(rows, columns, h, w, d).transpose(0, 2, 1, 3, 4)
+  return grid.reshape(1, rows * h, columns * w, d)
+
+
+def _corrupt(images, seed):
+  """Images `[B, T, H, W, D]` with a random square block (12/28 of the side) of noise."""
+  rng = np.random.default_rng(seed)
+  out = np.array(images)
+  b, t, h, w, _ = out.shape
+  size = max(1, round(12 / 28 * min(h, w)))
+  for i in range(b):
+    for j in range(t):
+      r, c = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+      out[i, j, r:r + size, c:c + size] = rng.random(out[i, j, r:r + size, c:c + size].shape) < 0.5
+  return out.astype(np.float32)
+
+
+def _log_images(model, model_type, episode, step, seed):
+  """Reconstructions, samples and iterative-reading denoising grids as image summaries."""
+  x = episode[:1]                                                         # [1, T, H, W, D]
+  shown = min(8, x.shape[1])
+  recon = model.reconstruct(x, seed=(seed, 1)).numpy()
+  tf.summary.image("reconstructions", _image_grid(
+      np.concatenate([x[0, :shown], recon[0, :shown]]), shown), step=step)
+  if model_type == "kanerva":
+    memory = model.write(x, seed=(seed, 2))
+    samples = model.generate(memory, shown, iterations=4, seed=(seed, 3)).numpy()  # [5, 1, N, ...]
+    noisy = _corrupt(x[:, :shown], seed)
+    denoised = model.read(noisy, memory, iterations=3, seed=(seed, 4)).numpy()    # [3, 1, N, ...]
+    tf.summary.image("denoising", _image_grid(np.concatenate(
+        [x[0, :shown], noisy[0]] + [d[0] for d in denoised]), shown), step=step)
+    samples = samples[:, 0]
+  else:
+    samples = model.generate(shown, iterations=4, seed=(seed, 3)).numpy()
+  tf.summary.image("samples", _image_grid(samples.reshape((-1,) + samples.shape[2:]), shown),
+                   step=step)
+
+
+def replica_seed(seed, step, replica_id, num_replicas):
+  """The stateless sampling seed of one replica at one step: int32 [2]."""
+  return tf.stack([tf.constant(seed % 2**31, tf.int32), tf.cast(
+      tf.cast(step, tf.int64) * num_replicas + tf.cast(replica_id, tf.int64), tf.int32)])
+
+
+def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_size, seed,
+                        jit_compile=False):
+  """A `tf.function(iterator, num_steps)` running `num_steps` distributed training steps.
+
+  Each replica computes its per-episode losses `[B / replicas]`, averages them over the
+  *global* batch (`tf.nn.compute_average_loss`) and applies its gradients with the Keras
+  optimizer, which sums them across replicas: the update is the one of the global mean.
+  `step` (an int64 Variable) is incremented once per step.
+
+  Returns:
+    The function; it returns the mean over its steps of the global-batch mean of each
+    scalar in `keys`.
+  """
+  variables = model.trainable_variables
+  replicas = strategy.num_replicas_in_sync
+
+  def forward_backward(x, seed):
+    with tf.GradientTape() as tape:
+      out = model(x, training=True, seed=seed)
+      loss = tf.nn.compute_average_loss(out["per_example_loss"],
+                                        global_batch_size=global_batch_size)
+    return tape.gradient(loss, variables), out
+
+  if jit_compile:
+    forward_backward = tf.function(forward_backward, jit_compile=True)
+
+  def replica_step(x):
+    ctx = tf.distribute.get_replica_context()
+    grads, out = forward_backward(
+        x, replica_seed(seed, step, ctx.replica_id_in_sync_group, replicas))
+    optimizer.apply_gradients(zip(grads, variables))
+    fraction = tf.cast(tf.shape(x)[0], tf.float32) / global_batch_size
+    return {k: out[k] * fraction for k in keys}  # summed over replicas: the global mean
+
+  @tf.function
+  def train_calls(iterator, num_steps):
+    totals = tf.zeros([len(keys)])
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(replica_step, args=(next(iterator),))
+      step.assign_add(1)
+      totals += tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None)
+                          for k in keys])
+    means = totals / tf.cast(num_steps, tf.float32)
+    return {k: means[i] for i, k in enumerate(keys)}
+
+  return train_calls
+
+
+class _Interrupted(Exception):
+  """SIGTERM arrived: stop after the current call, checkpoint, and exit."""
+
+
+def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, workdir: str):
+  """Trains (or resumes) a run in `workdir`, evaluating, checkpointing and exporting.
+
+  Returns:
+    dict: the final step, the last training metrics and the last evaluation metrics.
+
+  Raises:
+    FloatingPointError: the loss became NaN/Inf; the last good checkpoint is kept.
+    ValueError: inconsistent settings (workdir of another run, data vs model shapes, ...).
+  """
+  cfg = train_config
+  data_kwargs = cfg.data_kwargs()
+  info = data_lib.dataset_info(cfg.dataset, cfg.train_split, **data_kwargs)
+  if tuple(info.image_shape) != model_config.image_shape:
+    raise ValueError(
+        f"Images of {cfg.dataset!r} ({cfg.train_split}) have shape {tuple(info.image_shape)} "
+        f"but the model expects {model_config.image_shape}; set --image_size/--grayscale or "
+        "the model's image shape to match.")
+  if model_config.likelihood == "bernoulli" and not info.binarize:
+    raise ValueError(f"likelihood 'bernoulli' needs binarized images, but {cfg.dataset!r} is "
+                     "loaded with binarize=False; pass --binarize or --likelihood=gaussian.")
+  run_config = {
+      "model_type": cfg.model_type,
+      "model": model_config.to_dict(),
+      "data": {"dataset": cfg.dataset, **data_kwargs},
+      "train": dataclasses.asdict(cfg),
+  }
+  run_config = json.loads(json.dumps(run_config))  # the form it takes in config.json
+  _check_run_config(workdir, run_config)
+
+  strategy = make_strategy(cfg.strategy)
+  replicas = strategy.num_replicas_in_sync
+  if cfg.batch_size % replicas:
+    raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {replicas} "
+                     "replicas of the strategy.")
+  episode_length = model_config.episode_length
+  logging.info("Training %s on %s with %d replica(s) (%s); workdir %s", cfg.model_type,
+               cfg.dataset, replicas, cfg.strategy, workdir)
+
+  keras.utils.set_random_seed(cfg.seed)
+  with strategy.scope():
+    model = runs.build_model(cfg.model_type, model_config)
+    model(tf.zeros((1, episode_length) + model_config.image_shape))
+    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, name="step", trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+  manager = tf.train.CheckpointManager(checkpoint, runs.checkpoint_dir(workdir),
+                                       max_to_keep=cfg.max_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info("Resumed from %s at step %d", manager.latest_checkpoint, int(step.numpy()))
+  start_step = int(step.numpy())
+
+  # Batch i of the data is a pure function of (seed, i): a resumed run draws fresh batches.
+  train_ds = data_lib.episode_dataset(
+      cfg.dataset, cfg.train_split, batch_size=cfg.batch_size, episode_length=episode_length,
+      seed=cfg.seed * 1_000_003 + start_step, **data_kwargs)
+  iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+  eval_ds = data_lib.episode_dataset(
+      cfg.dataset, cfg.eval_split, batch_size=cfg.batch_size, episode_length=episode_length,
+      seed=cfg.seed + 1, repeat=False, num_episodes=cfg.eval_batches * cfg.batch_size,
+      **data_kwargs)
+  keys = _scalar_keys(cfg.model_type)
+  train_calls = make_train_function(strategy, model, optimizer, step, keys=keys,
+                                    global_batch_size=cfg.batch_size, seed=cfg.seed,
+                                    jit_compile=cfg.jit_compile)
+
+  @tf.function
+  def eval_batch(x, seed):
+    out = model(x, training=False, seed=seed, dequantize=True)
+    return {k: out[k] for k in keys}
+
+  def evaluate():
+    sums, count = {k: 0. for k in keys}, 0
+    for i, x in enumerate(eval_ds):
+      out = eval_batch(x, tf.constant([(cfg.seed + 2) % 2**31, i], tf.int32))
+      for k in keys:
+        sums[k] += float(out[k])
+      count += 1
+    result = {k: v / count for k, v in sums.items()}
+    if model_config.likelihood == "gaussian":
+      result["bits_per_dim"] = float(model.bits_per_dim(result["loss"]))
+    return result
+
+  writers = {split: tf.summary.create_file_writer(os.path.join(workdir, split))
+             for split in ("train", "test")}
+  image_episode = next(iter(eval_ds)).numpy()
+
+  def due(period, now):
+    return period > 0 and now % period == 0
+
+  def save(now, metrics):
+    if not all(math.isfinite(v) for v in metrics.values()):
+      raise FloatingPointError(
+          f"Non-finite training loss at step {now} ({metrics}); the last good checkpoint "
+          f"{manager.latest_checkpoint} is kept. Lower --learning_rate or check the data.")
+    manager.save(checkpoint_number=now)
+
+  def on_sigterm(signum, frame):  # pylint: disable=unused-argument
+    raise _Interrupted()
+
+  previous_handler = None
+  try:
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+  except ValueError:  # not in the main thread
+    pass
+
+  metrics, eval_metrics = {}, {}
+  window_start, window_steps = time.time(), 0
+  run_start, run_start_step = time.time(), start_step
+  now = start_step
+  try:
+    while now < cfg.train_steps:
+      periods = [cfg.train_steps] + [p for p in (cfg.log_every, cfg.checkpoint_every,
+                                                  cfg.eval_every, cfg.image_every) if p]
+      next_stop = min(((now // p) + 1) * p for p in periods)
+      num = min(cfg.steps_per_call, next_stop - now, cfg.train_steps - now)
+      out = train_calls(iterator, tf.constant(num))
+      metrics = {k: float(v) for k, v in out.items()}
+      now = int(step.numpy())
+      window_steps += num
+      if not all(math.isfinite(v) for v in metrics.values()):
+        save(now, metrics)  # raises FloatingPointError without saving
+      last = now >= cfg.train_steps
+      if due(cfg.log_every, now) or last:
+        elapsed = time.time() - window_start
+        rate = window_steps / max(elapsed, 1e-9)
+        overall = (now - run_start_step) / max(time.time() - run_start, 1e-9)
+        eta = (cfg.train_steps - now) / max(overall, 1e-9)
+        with writers["train"].as_default():
+          for k, v in metrics.items():
+            tf.summary.scalar(k, v, step=now)
+          tf.summary.scalar("learning_rate", cfg.learning_rate, step=now)
+          tf.summary.scalar("steps_per_sec", rate, step=now)
+        _append_metrics(workdir, {"step": now, "split": "train", "steps_per_sec": rate,
+                                  "time": time.time(), **metrics})
+        logging.info("step %d/%d  loss %.2f  (%s)  %.2f steps/s  ETA %s", now, cfg.train_steps,
+                     metrics["loss"], "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()
+                                                 if k != "loss"),
+                     rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        window_start, window_steps = time.time(), 0
+      if due(cfg.checkpoint_every, now) and not last:
+        save(now, metrics)
+      if due(cfg.eval_every, now) or last:
+        eval_metrics = evaluate()
+        with writers["test"].as_default():
+          for k, v in eval_metrics.items():
+            tf.summary.scalar(k, v, step=now)
+        _append_metrics(workdir, {"step": now, "split": cfg.eval_split, **eval_metrics})
+        logging.info("eval %s at step %d: %s", cfg.eval_split, now,
+                     "  ".join(f"{k} {v:.3f}" for k, v in eval_metrics.items()))
+      if due(cfg.image_every, now) or last:
+        with writers["train"].as_default():
+          _log_images(model, cfg.model_type, image_episode, now, cfg.seed)
+    if now > start_step or manager.latest_checkpoint is None:
+      save(now, metrics)
+  except (KeyboardInterrupt, _Interrupted):
+    now = int(step.numpy())
+    if metrics and now > start_step:
+      logging.warning("Interrupted at step %d: saving a checkpoint before exiting.", now)
+      save(now, metrics)
+    raise
+  finally:
+    for writer in writers.values():
+      writer.flush()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
+
+  if cfg.export:
+    from kanerva_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+    export_lib.export(model, runs.export_dir(workdir), cfg.model_type)
+    logging.info("Exported the SavedModel to %s", runs.export_dir(workdir))
+  return {"step": now, "train": metrics, "eval": eval_metrics}

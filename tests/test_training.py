@@ -1,0 +1,260 @@
+"""Tests of kanerva_tf.training and train.py: end to end on mock data, resume, NaN, MirroredStrategy."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import kanerva_tf as kt
+from kanerva_tf import data as data_lib
+from kanerva_tf import model as model_lib
+from kanerva_tf import runs
+from kanerva_tf import training
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_TFDS = pathlib.Path(os.environ.get(
+    "KANERVA_TFDS_DIR", REPO.parent / "shared" / "tfds"))
+TINY = kt.ModelConfig.omniglot(code_size=6, memory_size=5, address_size=4, num_filters=4,
+                               y_size=3, mlp_hidden_size=8, episode_length=4)
+
+
+def _train_config(**overrides):
+  values = dict(dataset="omniglot", train_steps=4, batch_size=2, steps_per_call=2,
+                log_every=2, checkpoint_every=2, eval_every=4, eval_batches=1, image_every=4,
+                strategy="default", export=False, learning_rate=1e-3)
+  values.update(overrides)
+  return training.TrainConfig(**values)
+
+
+@pytest.fixture
+def mock_omniglot():
+  data_lib.clear_cache()
+  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+    yield
+  data_lib.clear_cache()
+
+
+def _metrics(workdir):
+  with open(runs.metrics_path(workdir)) as f:
+    return [json.loads(line) for line in f]
+
+
+def _run_python(code, timeout=600, env=None):
+  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, timeout=timeout,
+                        capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("model_type", ["kanerva", "vae"])
+def test_train_checkpoint_resume_and_export(model_type, mock_omniglot, tmp_path):
+  workdir = str(tmp_path / model_type)
+  result = training.train_and_evaluate(TINY, _train_config(model_type=model_type), workdir)
+  assert result["step"] == 4
+  assert np.isfinite(result["train"]["loss"]) and np.isfinite(result["eval"]["loss"])
+  manager_steps = sorted(int(p.split("-")[-1]) for p in
+                         tf.train.get_checkpoint_state(runs.checkpoint_dir(workdir))
+                         .all_model_checkpoint_paths)
+  assert manager_steps == [2, 4]
+  records = _metrics(workdir)
+  assert [r["step"] for r in records if r["split"] == "train"] == [2, 4]
+  assert [r["step"] for r in records if r["split"] == "test"] == [4]
+  assert os.listdir(os.path.join(workdir, "train")) and os.listdir(os.path.join(workdir, "test"))
+  saved = runs.load_run_config(workdir)
+  assert saved["model_type"] == model_type and saved["model"] == json.loads(
+      json.dumps(TINY.to_dict()))
+
+  # Resume: continues from step 4 to 6 and exports the SavedModel.
+  result = training.train_and_evaluate(TINY, _train_config(model_type=model_type, train_steps=6,
+                                                           export=True), workdir)
+  assert result["step"] == 6
+  assert [r["step"] for r in _metrics(workdir) if r["split"] == "train"] == [2, 4, 6]
+  model, _, step = runs.restore_model(workdir)
+  assert step == 6
+  x = next(iter(data_lib.episode_dataset("omniglot", "test", batch_size=2, episode_length=4,
+                                         seed=3))).numpy()
+  want = model.reconstruct(x, seed=(1, 2)).numpy()
+  np.save(tmp_path / "x.npy", x)
+  proc = _run_python(f"""
+      import numpy as np, tensorflow as tf, sys
+      assert "kanerva_tf" not in sys.modules
+      loaded = tf.saved_model.load({runs.export_dir(workdir)!r})
+      x = np.load({str(tmp_path / "x.npy")!r})
+      out = loaded.signatures["reconstruct"](episode=tf.constant(x),
+                                             seed=tf.constant([1, 2], tf.int32))
+      np.save({str(tmp_path / "got.npy")!r}, out["images"].numpy())
+      assert "kanerva_tf" not in sys.modules
+      """)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "got.npy"), want, atol=1e-5)
+
+
+def test_workdir_of_another_model_is_refused(mock_omniglot, tmp_path):
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(TINY, _train_config(train_steps=2, eval_every=0, image_every=0),
+                              workdir)
+  other = kt.ModelConfig.from_dict({**TINY.to_dict(), "memory_size": 7})
+  with pytest.raises(ValueError, match=r"different model.*new --workdir"):
+    training.train_and_evaluate(other, _train_config(train_steps=4), workdir)
+
+
+def test_nan_loss_never_overwrites_a_good_checkpoint(mock_omniglot, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(TINY, _train_config(train_steps=2, eval_every=0, image_every=0),
+                              workdir)
+  ckpt_dir = runs.checkpoint_dir(workdir)
+  before = {p: os.path.getmtime(os.path.join(ckpt_dir, p)) for p in os.listdir(ckpt_dir)}
+  original_call = model_lib.KanervaMachine.call
+
+  def nan_call(self, *args, **kwargs):
+    out = original_call(self, *args, **kwargs)
+    return {k: v * np.nan for k, v in out.items()}
+
+  monkeypatch.setattr(model_lib.KanervaMachine, "call", nan_call)
+  with pytest.raises(FloatingPointError, match=r"Non-finite.*ckpt-2 is kept"):
+    training.train_and_evaluate(TINY, _train_config(train_steps=6, eval_every=0, image_every=0),
+                                workdir)
+  after = {p: os.path.getmtime(os.path.join(ckpt_dir, p)) for p in os.listdir(ckpt_dir)}
+  assert after == before
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-2")
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_continues(mock_omniglot, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  original = training._append_metrics
+
+  def interrupt_at_step_4(workdir_, record):
+    original(workdir_, record)
+    if record["step"] == 4:
+      raise KeyboardInterrupt()
+
+  monkeypatch.setattr(training, "_append_metrics", interrupt_at_step_4)
+  config = _train_config(train_steps=8, log_every=2, checkpoint_every=100, eval_every=0,
+                         image_every=0, steps_per_call=2)
+  with pytest.raises(KeyboardInterrupt):
+    training.train_and_evaluate(TINY, config, workdir)
+  assert tf.train.latest_checkpoint(runs.checkpoint_dir(workdir)).endswith("ckpt-4")
+  monkeypatch.setattr(training, "_append_metrics", original)
+  result = training.train_and_evaluate(TINY, config, workdir)
+  assert result["step"] == 8
+  assert [r["step"] for r in _metrics(workdir)] == [2, 4, 6, 8, 8]
+
+
+def test_data_and_model_shapes_must_agree(mock_omniglot, tmp_path):
+  cifar_like = kt.ModelConfig.from_dict({**TINY.to_dict(), "image_shape": (32, 32, 3)})
+  with pytest.raises(ValueError, match=r"\(28, 28, 1\).*expects \(32, 32, 3\)"):
+    training.train_and_evaluate(cifar_like, _train_config(), str(tmp_path / "a"))
+  gaussian = kt.ModelConfig.from_dict({**TINY.to_dict(), "likelihood": "bernoulli"})
+  with pytest.raises(ValueError, match="needs binarized images"):
+    training.train_and_evaluate(gaussian, _train_config(binarize=False), str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model_type="gan"), "model_type must be one of"),
+    (dict(strategy="tpu"), "strategy must be one of"),
+    (dict(batch_size=0), "batch_size must be a positive int; got 0"),
+    (dict(learning_rate=3.0), "learning_rate must be a float in"),
+    (dict(eval_every=-1), "eval_every must be an int >= 0"),
+])
+def test_bad_train_config_values(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    _train_config(**kwargs)
+
+
+# ----------------------------------------------------------------------------- distribution
+def test_mirrored_two_devices_matches_one_device_on_the_same_batch(tmp_path):
+  """Two logical CPU devices: the distributed step's loss and update equal the one-device
+  computation of the same global-batch mean (each half with that replica's seed)."""
+  proc = _run_python("""
+      import numpy as np, tensorflow as tf, keras
+      cpu = tf.config.list_physical_devices("CPU")[0]
+      tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+      import kanerva_tf as kt
+      from kanerva_tf import training
+      cfg = kt.ModelConfig(image_shape=(8, 8, 1), code_size=6, memory_size=5, address_size=4,
+                           num_filters=4, y_size=3, mlp_hidden_size=8, episode_length=4)
+      x = tf.cast(tf.random.stateless_uniform((4, 4, 8, 8, 1), (1, 2)) < 0.3, tf.float32)
+      keys = ["loss", "reconstruction", "kl_z", "kl_y", "kl_memory"]
+
+      strategy = training.make_strategy("mirrored")
+      assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices
+      with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = kt.KanervaMachine(cfg); model(x)
+        opt = keras.optimizers.SGD(0.1); opt.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64)
+      init = [v.numpy() for v in model.trainable_variables]
+      train = training.make_train_function(strategy, model, opt, step, keys=keys,
+                                           global_batch_size=4, seed=7)
+      dist = iter(strategy.experimental_distribute_dataset(
+          tf.data.Dataset.from_tensors(x).repeat()))
+      got = {k: float(v) for k, v in train(dist, tf.constant(1)).items()}
+      updated = [v.numpy() for v in model.trainable_variables]
+
+      ref = kt.KanervaMachine(cfg); ref(x)
+      for v, a in zip(ref.trainable_variables, init):
+        v.assign(a)
+      grads_sum, want = None, {k: 0. for k in keys}
+      for r in range(2):
+        half = x[2 * r: 2 * r + 2]
+        with tf.GradientTape() as tape:
+          out = ref(half, training=True, seed=training.replica_seed(7, 0, r, 2))
+          loss = tf.reduce_sum(out["per_example_loss"]) / 4.
+        g = tape.gradient(loss, ref.trainable_variables)
+        grads_sum = g if grads_sum is None else [a + b for a, b in zip(grads_sum, g)]
+        for k in keys:
+          want[k] += float(out[k]) / 2
+      for k in keys:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+      for a, u, g in zip(init, updated, grads_sum):
+        np.testing.assert_allclose(u, a - 0.1 * g.numpy(), rtol=1e-4, atol=1e-6)
+      print("OK", got["loss"])
+      """)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "OK" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- train.py
+@pytest.mark.parametrize("flagfile, preset", [("omniglot.flags", "omniglot"),
+                                              ("cifar.flags", "cifar")])
+def test_flagfiles_parse_to_the_paper_presets(flagfile, preset):
+  proc = _run_python(f"""
+      import train, kanerva_tf as kt
+      train.define_flags()
+      train.FLAGS(["train.py", "--flagfile={flagfile}"])
+      model_config, train_config = train.configs_from_flags()
+      assert model_config == kt.ModelConfig.{preset}(), model_config
+      assert (train_config.batch_size, train_config.learning_rate) == (16, 1e-4)
+      assert model_config.episode_length == 32
+      print("OK")
+      """)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_train_py_rejects_bad_flags_before_any_work(tmp_path):
+  proc = subprocess.run([sys.executable, "train.py", "--flagfile=omniglot.flags",
+                         f"--workdir={tmp_path}", "--batch_size=0"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "--batch_size=0" in proc.stderr and "positive" in proc.stderr
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED_TFDS / "omniglot").is_dir(),
+                    reason=f"prepared TFDS omniglot not found in {SHARED_TFDS}")
+def test_train_py_runs_on_real_omniglot(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "train.py", "--flagfile=omniglot.flags", f"--data_dir={SHARED_TFDS}",
+       f"--workdir={workdir}", "--train_steps=2", "--steps_per_call=1", "--batch_size=2",
+       "--episode_length=4", "--eval_batches=1", "--log_every=1", "--image_every=0",
+       "--export=false"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "step 2/2" in proc.stderr
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-2")

@@ -1,0 +1,118 @@
+r"""Trains a Kanerva Machine or its matched VAE.
+
+  python train.py --flagfile=omniglot.flags
+  python train.py --flagfile=cifar.flags --workdir=/tmp/km_cifar --train_steps=2000
+
+Flags -> (ModelConfig, TrainConfig) -> kanerva_tf.training.train_and_evaluate. Re-running the
+same command resumes from the last checkpoint in --workdir.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Every flag has a default and a help string; sizes default to the dataset's preset."""
+  # Data.
+  flags.DEFINE_string("dataset", "omniglot", "TFDS image dataset: omniglot, cifar10, or any "
+                      "TFDS dataset with an 'image' feature.")
+  flags.DEFINE_string("data_dir", None, "TFDS data directory with the prepared dataset "
+                      "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
+  flags.DEFINE_integer("image_size", None, "Resize images to this side (default: the dataset's "
+                       "preset: 28 for omniglot, native otherwise).", lower_bound=8)
+  flags.DEFINE_bool("binarize", None, "Threshold images to {0, 1} (default: dataset preset).")
+  flags.DEFINE_bool("grayscale", None, "Convert images to one channel (default: preset).")
+  flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
+  flags.DEFINE_string("eval_split", "test", "TFDS split for the periodic test bound.")
+  # Model.
+  flags.DEFINE_enum("model", "kanerva", ["kanerva", "vae"], "Kanerva Machine or matched VAE.")
+  flags.DEFINE_integer("episode_length", 32, "T, images per episode.", lower_bound=1)
+  flags.DEFINE_integer("code_size", None, "C (default: preset; omniglot 100, cifar 200).",
+                       lower_bound=1)
+  flags.DEFINE_integer("memory_size", None, "K (default: preset; omniglot 64, cifar 128).",
+                       lower_bound=1)
+  flags.DEFINE_integer("address_size", None, "S (default: preset, 50).", lower_bound=1)
+  flags.DEFINE_integer("num_filters", None, "Conv filters (default: preset; 16 / 32).",
+                       lower_bound=1)
+  flags.DEFINE_enum("likelihood", None, ["bernoulli", "gaussian"],
+                    "p(x|z) (default: bernoulli for binarized data, else gaussian).")
+  flags.DEFINE_enum("write_method", "batch", ["batch", "online"], "Memory write: one T x T "
+                    "solve, or on-line (identical posterior).")
+  flags.DEFINE_integer("chunk_size", None, "On-line write: observations per step.",
+                       lower_bound=1)
+  flags.DEFINE_bool("distribution_memory", False, "Distribution-based read/write (App. F).")
+  # Optimisation and distribution.
+  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.")
+  flags.DEFINE_integer("train_steps", 100_000, "Total training steps.", lower_bound=1)
+  flags.DEFINE_integer("batch_size", 16, "Global batch B of episodes.", lower_bound=1)
+  flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.)
+  flags.DEFINE_integer("seed", 0, "Seed of initialisation, data and sampling.")
+  flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "default"],
+                    "tf.distribute strategy: mirrored = all local GPUs (else CPU devices).")
+  flags.DEFINE_integer("steps_per_call", 10, "Training steps per tf.function call.",
+                       lower_bound=1)
+  flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward/backward pass.")
+  flags.DEFINE_integer("log_every", 100, "Steps between progress lines and summaries.",
+                       lower_bound=0)
+  flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.", lower_bound=0)
+  flags.DEFINE_integer("eval_every", 1000, "Steps between test-bound evaluations.",
+                       lower_bound=0)
+  flags.DEFINE_integer("eval_batches", 10, "Batches per evaluation.", lower_bound=1)
+  flags.DEFINE_integer("image_every", 5000, "Steps between image summaries.", lower_bound=0)
+  flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/export at the end.")
+  flags.mark_flag_as_required("workdir")
+
+
+def configs_from_flags():
+  """(ModelConfig, TrainConfig) from the flags; ValueError names a bad value."""
+  from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
+  from kanerva_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
+
+  train_config = training.TrainConfig(
+      model_type=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      image_size=FLAGS.image_size, binarize=FLAGS.binarize, grayscale=FLAGS.grayscale,
+      train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
+      train_steps=FLAGS.train_steps, batch_size=FLAGS.batch_size,
+      learning_rate=FLAGS.learning_rate, seed=FLAGS.seed, strategy=FLAGS.strategy,
+      steps_per_call=FLAGS.steps_per_call, log_every=FLAGS.log_every,
+      checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
+      eval_batches=FLAGS.eval_batches, image_every=FLAGS.image_every,
+      jit_compile=FLAGS.jit_compile, export=FLAGS.export)
+  overrides = {k: getattr(FLAGS, k) for k in (
+      "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size")
+               if getattr(FLAGS, k) is not None}
+  overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
+                   distribution_memory=FLAGS.distribution_memory)
+  if FLAGS.dataset == "omniglot" and FLAGS.image_size in (None, 28) and FLAGS.grayscale in (None, True):
+    return ModelConfig.omniglot(**overrides), train_config
+  if FLAGS.dataset == "cifar10" and FLAGS.image_size in (None, 32) and FLAGS.grayscale in (None, False):
+    return ModelConfig.cifar(**overrides), train_config
+  info = data_lib.dataset_info(FLAGS.dataset, FLAGS.train_split, **train_config.data_kwargs())
+  overrides.setdefault("likelihood", "bernoulli" if info.binarize else "gaussian")
+  return ModelConfig(image_shape=tuple(info.image_shape), **overrides), train_config
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    model_config, train_config = configs_from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
+  logging.info("Model: %s", model_config)
+  result = training.train_and_evaluate(model_config, train_config, FLAGS.workdir)
+  logging.info("Done at step %d: %s", result["step"], result["eval"])
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
