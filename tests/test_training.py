@@ -95,15 +95,6 @@ def test_train_checkpoint_resume_and_export(model_type, mock_omniglot, tmp_path)
   np.testing.assert_allclose(np.load(tmp_path / "got.npy"), want, atol=1e-5)
 
 
-def test_workdir_of_another_model_is_refused(mock_omniglot, tmp_path):
-  workdir = str(tmp_path / "run")
-  training.train_and_evaluate(TINY, _train_config(train_steps=2, eval_every=0, image_every=0),
-                              workdir)
-  other = kt.ModelConfig.from_dict({**TINY.to_dict(), "memory_size": 7})
-  with pytest.raises(ValueError, match=r"different model.*new --workdir"):
-    training.train_and_evaluate(other, _train_config(train_steps=4), workdir)
-
-
 def test_nan_loss_never_overwrites_a_good_checkpoint(mock_omniglot, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(TINY, _train_config(train_steps=2, eval_every=0, image_every=0),
@@ -144,6 +135,10 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues(mock_omniglot, tmp_pa
   result = training.train_and_evaluate(TINY, config, workdir)
   assert result["step"] == 8
   assert [r["step"] for r in _metrics(workdir)] == [2, 4, 6, 8, 8]
+  # The same workdir with another model is refused before any work.
+  other = kt.ModelConfig.from_dict({**TINY.to_dict(), "memory_size": 7})
+  with pytest.raises(ValueError, match=r"different model \(memory_size: saved 5, now 7\)"):
+    training.train_and_evaluate(other, config, workdir)
 
 
 def test_data_and_model_shapes_must_agree(mock_omniglot, tmp_path):
