@@ -4,7 +4,8 @@ Layout of `<workdir>`:
 
   config.json     {"model_type": "kanerva" | "vae", "model": ModelConfig.to_dict(),
                    "data": {...}, "train": {...}}  written once when the run starts
-  checkpoints/    tf.train.CheckpointManager checkpoints of {model, optimizer}
+  checkpoints/    tf.train.CheckpointManager checkpoints of
+                  {model_variables (see `checkpointed_variables`), optimizer, step}
   metrics.jsonl   one JSON object per line: {"step", "split": "train" | "test", terms...}
   train/, test/   TensorBoard event files
   export/         the SavedModel for serving (kanerva_tf.export)
@@ -19,7 +20,7 @@ from kanerva_tf.config import ModelConfig
 from kanerva_tf.model import KanervaMachine
 from kanerva_tf.model import VAE
 
-__all__ = ["MODEL_TYPES", "build_model", "save_run_config", "load_run_config",
+__all__ = ["MODEL_TYPES", "build_model", "checkpointed_variables", "save_run_config", "load_run_config",
            "restore_model", "checkpoint_dir", "export_dir", "metrics_path"]
 
 MODEL_TYPES = {"kanerva": KanervaMachine, "vae": VAE}
@@ -36,6 +37,16 @@ def export_dir(workdir):
 
 def metrics_path(workdir):
   return os.path.join(workdir, "metrics.jsonl")
+
+
+def checkpointed_variables(model):
+  """The model's variables as the `tf.Variable`s a `tf.train.Checkpoint` saves.
+
+  Keras 3 keeps sub-layers held in Python lists out of TF's object graph, so checkpointing
+  `model` itself would miss most weights; the list of all variables (in `model.variables`
+  order, fixed by the config) is saved instead, under the key `model_variables`.
+  """
+  return [getattr(v, "value", v) for v in model.variables]
 
 
 def build_model(model_type, config):
@@ -86,5 +97,6 @@ def restore_model(workdir, checkpoint=None):
     raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(workdir)}: train first, or pass "
                             "the path of a checkpoint.")
   step = tf.Variable(0, dtype=tf.int64)
-  tf.train.Checkpoint(model=model, step=step).read(path).expect_partial()
+  checkpoint = tf.train.Checkpoint(model_variables=checkpointed_variables(model), step=step)
+  checkpoint.read(path).expect_partial().assert_existing_objects_matched()
   return model, run_config, int(step.numpy())

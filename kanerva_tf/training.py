@@ -293,7 +293,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
     optimizer = keras.optimizers.Adam(cfg.learning_rate)
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, name="step", trainable=False)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    checkpoint = tf.train.Checkpoint(model_variables=runs.checkpointed_variables(model),
+                                     optimizer=optimizer, step=step)
   manager = tf.train.CheckpointManager(checkpoint, runs.checkpoint_dir(workdir),
                                        max_to_keep=cfg.max_checkpoints)
   if manager.latest_checkpoint:
