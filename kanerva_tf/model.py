@@ -7,6 +7,8 @@ eq. 1 for the VAE) and each of its terms, in nats, as means over the batch.
 Shapes follow the package glossary (`kanerva_tf/__init__.py`); Y is the size of y.
 """
 
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -19,13 +21,25 @@ from kanerva_tf.memory import KanervaMemory
 
 tfd = tfp.distributions
 
-__all__ = ["KanervaMachine", "VAE", "diag_normal_kl", "bernoulli_log_prob", "gaussian_log_prob"]
+__all__ = ["KanervaMachine", "VAE", "stateless_seed", "diag_normal_kl", "bernoulli_log_prob", "gaussian_log_prob"]
 
 _MIN_SCALE = 1e-4
 _LOG_2PI = float(np.log(2. * np.pi))
 
 
 # ----------------------------------------------------------------------------- math helpers
+def stateless_seed(seed):
+  """A stateless seed, int32 `[2]`, from None (a fresh random one), a Python int, or a
+  `[2]` seed. Python ints map to (seed mod 2^31, seed // 2^31 mod 2^31), so the same int
+  always gives the same samples (`samplers.sanitize_seed(int)` would draw a stateful,
+  different seed on every call)."""
+  if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+    seed = int(seed)
+    return tf.constant([seed % 2**31, (seed // 2**31) % 2**31], tf.int32)
+  return samplers.sanitize_seed(seed)
+
+
+
 def _split_normal(params):
   """[..., 2X] network output -> (mean [..., X], scale [..., X]); scale = softplus + 1e-4."""
   mean, raw = tf.split(params, 2, axis=-1)
@@ -180,7 +194,7 @@ class VAE(_GenerativeModel):
       `per_example_loss` `[B]` (mean over T).
     """
     x = self.check_images(episode)
-    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2)
+    seeds = samplers.split_seed(stateless_seed(seed), 2)
     x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
     mean, scale = _split_normal(self.encoder(x))                     # [B, T, C]
     z = _sample_normal(mean, scale, seeds[1])
@@ -198,7 +212,7 @@ class VAE(_GenerativeModel):
     """Mean reconstructions `[B, T, H, W, D]` through z ~ q(z|x)."""
     x = self.check_images(episode)
     mean, scale = _split_normal(self.encoder(x))
-    return self.decode(_sample_normal(mean, scale, samplers.sanitize_seed(seed)))["mean"]
+    return self.decode(_sample_normal(mean, scale, stateless_seed(seed)))["mean"]
 
   def generate(self, num_samples, iterations=0, seed=None):
     """Samples z ~ N(0, I), decoded, then fed back `iterations` times (Fig. 8).
@@ -208,7 +222,7 @@ class VAE(_GenerativeModel):
     Returns:
       `[iterations + 1, num_samples, H, W, D]` image means.
     """
-    seed = samplers.sanitize_seed(seed)
+    seed = stateless_seed(seed)
     z = tf.random.stateless_normal([num_samples, self.config.code_size], seed)
     params = self.decode(z)
 
@@ -320,8 +334,9 @@ class KanervaMachine(_GenerativeModel):
   def call(self, episode, training=False, seed=None, dequantize=None):
     """Negative bound of eq. 12 divided by T, for episodes `[B, T, H, W, D]`.
 
-    The episode is written to the memory, then each x_t is read back from the posterior
-    memory with the same sample of y_t (one sample approximates eq. 8's integral).
+    The episode is written to the memory with one sample y_t, z_t per image (eq. 8); each
+    x_t is then read back from the posterior memory with an independent y_t ~ q(y_t|x_t),
+    as in the inner expectation of eq. 12.
 
     Returns:
       dict of scalars (means over B and T, nats per sample): `loss`, `reconstruction`
@@ -329,14 +344,14 @@ class KanervaMachine(_GenerativeModel):
       the loss, as in eq. 12) and `per_example_loss` `[B]`.
     """
     x = self.check_images(episode)
-    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 4)
+    seeds = samplers.split_seed(stateless_seed(seed), 4)
     x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
     embedding = self.encoder(x)                                        # [B, T, 2C]
-    y_seeds = samplers.split_seed(seeds[1], 2)
+    y_seeds = samplers.split_seed(seeds[1], 3)
     mean_y, scale_y = self.q_y_params(embedding, training, y_seeds[0])  # [B, T, Y]
-    y = _sample_normal(mean_y, scale_y, y_seeds[1])
-    w = self.addressing_weights(y)                                     # [B, T, K]
-    memory = self._write(embedding, w, seeds[2])                       # batch [B]
+    w_write = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[1]))  # [B, T, K]
+    memory = self._write(embedding, w_write, seeds[2])                 # batch [B]
+    w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read, [B, T, K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
     mean_z, scale_z = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
     z = _sample_normal(mean_z, scale_z, seeds[3])                      # [B, T, C]
@@ -364,7 +379,7 @@ class KanervaMachine(_GenerativeModel):
       The posterior `KanervaMemory` q(M|X), batch shape [B], event [K, C].
     """
     x = self.check_images(episode)
-    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 3)
+    seeds = samplers.split_seed(stateless_seed(seed), 3)
     embedding = self.encoder(x)
     mean_y, scale_y = self.q_y_params(embedding, False, seeds[0])
     w = self.addressing_weights(_sample_normal(mean_y, scale_y, seeds[1]))
@@ -387,7 +402,7 @@ class KanervaMachine(_GenerativeModel):
       `[n, B, N, H, W, D]`: the mean image E[x|z] of every iteration.
     """
     x = self.check_images(queries, what="queries")
-    seed = samplers.sanitize_seed(seed)
+    seed = stateless_seed(seed)
     if isinstance(iterations, int):
       if iterations < 1:
         raise ValueError(f"read: iterations must be >= 1; got {iterations}.")
@@ -425,7 +440,7 @@ class KanervaMachine(_GenerativeModel):
     """
     if isinstance(iterations, int) and iterations < 0:
       raise ValueError(f"generate: iterations must be >= 0; got {iterations!r}.")
-    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 4)
+    seeds = samplers.split_seed(stateless_seed(seed), 4)
     batch = tf.shape(memory.loc)[:-2]
     y = tf.random.stateless_normal(
         tf.concat([batch, [num_samples, self.config.y_size]], 0), seeds[0])
@@ -445,7 +460,7 @@ class KanervaMachine(_GenerativeModel):
 
   def reconstruct(self, episode, seed=None):
     """Writes episodes `[B, T, H, W, D]` and reads them back once: means `[B, T, H, W, D]`."""
-    seeds = samplers.split_seed(samplers.sanitize_seed(seed), 2)
+    seeds = samplers.split_seed(stateless_seed(seed), 2)
     memory = self.write(episode, seeds[0])
     return self.read(episode, memory, 1, seeds[1])[0]
 

@@ -121,6 +121,8 @@ def test_same_seed_same_loss_and_write_methods_agree():
   b = batch(x, training=True, seed=(7, 7))
   c = online(x, training=True, seed=(7, 7))
   assert _scalars(a) == _scalars(b)
+  # A Python int is a fixed seed too (not a stateful one).
+  assert _scalars(batch(x, training=True, seed=3)) == _scalars(batch(x, training=True, seed=3))
   for key in ("loss", "kl_z", "kl_memory"):
     np.testing.assert_allclose(c[key], a[key], rtol=1e-4)
   assert _scalars(batch(x, training=True, seed=(8, 8)))["loss"] != _scalars(a)["loss"]
