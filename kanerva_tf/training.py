@@ -23,6 +23,7 @@ import tensorflow as tf
 from absl import logging
 
 from kanerva_tf import data as data_lib
+from kanerva_tf import evaluation
 from kanerva_tf import runs
 from kanerva_tf.config import ModelConfig
 
@@ -155,19 +156,6 @@ def _image_grid(images, columns):
   return grid.reshape(1, rows * h, columns * w, d)
 
 
-def _corrupt(images, seed):
-  """Images `[B, T, H, W, D]` with a random square block (12/28 of the side) of noise."""
-  rng = np.random.default_rng(seed)
-  out = np.array(images)
-  b, t, h, w, _ = out.shape
-  size = max(1, round(12 / 28 * min(h, w)))
-  for i in range(b):
-    for j in range(t):
-      r, c = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-      out[i, j, r:r + size, c:c + size] = rng.random(out[i, j, r:r + size, c:c + size].shape) < 0.5
-  return out.astype(np.float32)
-
-
 def _log_images(model, model_type, episode, step, seed):
   """Reconstructions, samples and iterative-reading denoising grids as image summaries."""
   x = episode[:1]                                                         # [1, T, H, W, D]
@@ -178,10 +166,10 @@ def _log_images(model, model_type, episode, step, seed):
   if model_type == "kanerva":
     memory = model.write(x, seed=(seed, 2))
     samples = model.generate(memory, shown, iterations=4, seed=(seed, 3)).numpy()  # [5, 1, N, ...]
-    noisy = _corrupt(x[:, :shown], seed)
+    noisy = evaluation.corrupt_with_block(x[0, :shown], seed)[0][tf.newaxis]  # [1, N, H, W, D]
     denoised = model.read(noisy, memory, iterations=3, seed=(seed, 4)).numpy()    # [3, 1, N, ...]
     tf.summary.image("denoising", _image_grid(np.concatenate(
-        [x[0, :shown], noisy[0]] + [d[0] for d in denoised]), shown), step=step)
+        [x[0, :shown], noisy[0].numpy()] + [d[0] for d in denoised]), shown), step=step)
     samples = samples[:, 0]
   else:
     samples = model.generate(shown, iterations=4, seed=(seed, 3)).numpy()
@@ -316,21 +304,9 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
                                     global_batch_size=cfg.batch_size, seed=cfg.seed,
                                     jit_compile=cfg.jit_compile)
 
-  @tf.function
-  def eval_batch(x, seed):
-    out = model(x, training=False, seed=seed, dequantize=True)
-    return {k: out[k] for k in keys}
-
   def evaluate():
-    sums, count = {k: 0. for k in keys}, 0
-    for i, x in enumerate(eval_ds):
-      out = eval_batch(x, tf.constant([(cfg.seed + 2) % 2**31, i], tf.int32))
-      for k in keys:
-        sums[k] += float(out[k])
-      count += 1
-    result = {k: v / count for k, v in sums.items()}
-    if model_config.likelihood == "gaussian":
-      result["bits_per_dim"] = float(model.bits_per_dim(result["loss"]))
+    result = evaluation.evaluate_bound(model, eval_ds, seed=cfg.seed + 2)
+    result.pop("num_episodes")
     return result
 
   writers = {split: tf.summary.create_file_writer(os.path.join(workdir, split))
