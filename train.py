@@ -109,7 +109,12 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   logging.info("Model: %s", model_config)
-  result = training.train_and_evaluate(model_config, train_config, FLAGS.workdir)
+  try:
+    result = training.train_and_evaluate(model_config, train_config, FLAGS.workdir)
+  except training.Interrupted:
+    logging.warning("Interrupted by SIGTERM; the checkpoint is saved in %s: re-run the same "
+                    "command to resume.", FLAGS.workdir)
+    raise SystemExit(143) from None
   logging.info("Done at step %d: %s", result["step"], result["eval"])
 
 

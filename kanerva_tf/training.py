@@ -27,7 +27,8 @@ from kanerva_tf import evaluation
 from kanerva_tf import runs
 from kanerva_tf.config import ModelConfig
 
-__all__ = ["TrainConfig", "STRATEGIES", "make_strategy", "train_and_evaluate"]
+__all__ = ["TrainConfig", "STRATEGIES", "Interrupted", "make_strategy", "make_train_function",
+           "replica_seed", "train_and_evaluate"]
 
 STRATEGIES = ("mirrored", "one_device", "default")
 
@@ -231,8 +232,8 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
   return train_calls
 
 
-class _Interrupted(Exception):
-  """SIGTERM arrived: stop after the current call, checkpoint, and exit."""
+class Interrupted(Exception):
+  """Raised by `train_and_evaluate` after SIGTERM, once the checkpoint is saved."""
 
 
 def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, workdir: str):
@@ -324,7 +325,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
     manager.save(checkpoint_number=now)
 
   def on_sigterm(signum, frame):  # pylint: disable=unused-argument
-    raise _Interrupted()
+    raise Interrupted()
 
   previous_handler = None
   try:
@@ -381,7 +382,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
           _log_images(model, cfg.model_type, image_episode, now, cfg.seed)
     if now > start_step or manager.latest_checkpoint is None:
       save(now, metrics)
-  except (KeyboardInterrupt, _Interrupted):
+  except (KeyboardInterrupt, Interrupted):
     now = int(step.numpy())
     if metrics and now > start_step:
       logging.warning("Interrupted at step %d: saving a checkpoint before exiting.", now)
