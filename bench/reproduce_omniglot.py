@@ -121,6 +121,30 @@ def report(args):
               f"(VAE minus KM: {v - k:.2f}); {verdict}. Paper, at convergence on the Burda et "
               f"al. 28×28 split: Kanerva Machine 68.3, VAE 112.7 (section 4.1). The paper's "
               f"KL(z) dip appears around step 2,000; runs shorter than that cannot show it."]
+  eval_path = os.path.join(REPO, "results", "omniglot_kanerva_eval", "eval.json")
+  if os.path.exists(eval_path):
+    with open(eval_path) as f:
+      ev = json.load(f)
+    sweep = ev["sweep"]
+    lines += ["", f"## From the Kanerva Machine checkpoint (step {ev['step']})", "",
+              "Made by `python eval.py --workdir=runs/omniglot_kanerva "
+              "--out_dir=results/omniglot_kanerva_eval --num_batches=4 "
+              "--episode_sizes=16,32,64,128 --class_counts=2,4,12,all`; numbers from its "
+              "`eval.json`.", "",
+              f"Test bound {ev['bound']['loss']:.2f} ± {ev['bound']['loss_stderr']:.2f} nats "
+              f"over {ev['bound']['num_episodes']} episodes of T={ev['episode_length']}.", "",
+              "Test bound vs episode size T (columns) and classes per episode (rows), nats "
+              "per sample (Fig. 6 right):", "",
+              "| classes | " + " | ".join(f"T={t}" for t in sweep["episode_sizes"]) + " |",
+              "|---|" + "---|" * len(sweep["episode_sizes"])]
+    for count in sweep["class_counts"]:
+      values = sweep["loss"][count]
+      lines.append(f"| {count} | " + " | ".join(
+          "—" if v is None else f"{v:.2f}" for v in values) + " |")
+    lines += ["", "Figures: " + ", ".join(
+        f"[{name}](results/omniglot_kanerva_eval/{name}.png)" for name in (
+            "reconstructions", "generation", "denoising", "interpolation",
+            "bound_vs_episode_size")) + "."]
   lines += ["", "## Differences from the paper", "",
             "- Data: TFDS Omniglot background (train, 19,280 images) / evaluation (test, "
             "13,180) sets, binarized here (area resize, threshold 0.25), instead of the Burda et "
