@@ -301,14 +301,15 @@ class KanervaMachine(_GenerativeModel):
           tf.shape(embedding), seed)
     return _split_normal(self.q_y(embedding))
 
-  def _write(self, embedding, w, seed):
+  def _write(self, embedding, w, seed, prior=None):
     """q(M|X) = p(M | Y, Z) with z_t ~ q(z_t|x_t) (eq. 8), or Appendix F's q integrated out."""
     mean, scale = _split_normal(embedding)                           # q(z|x) [B, T, C]
     if self.config.distribution_memory:
       z, z_variance = mean, tf.reduce_mean(tf.square(scale), axis=-1)  # [B, T, C], [B, T]
     else:
       z, z_variance = _sample_normal(mean, scale, seed), None
-    return self.prior().update(
+    prior = self.prior() if prior is None else prior
+    return prior.update(
         w, z, noise_variance=self.config.noise_variance, z_variance=z_variance,
         method=self.config.write_method, chunk_size=self.config.chunk_size)
 
@@ -350,7 +351,8 @@ class KanervaMachine(_GenerativeModel):
     y_seeds = samplers.split_seed(seeds[1], 3)
     mean_y, scale_y = self.q_y_params(embedding, training, y_seeds[0])  # [B, T, Y]
     w_write = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[1]))  # [B, T, K]
-    memory = self._write(embedding, w_write, seeds[2])                 # batch [B]
+    prior = self.prior()                                               # built once per call
+    memory = self._write(embedding, w_write, seeds[2], prior)         # batch [B]
     w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read, [B, T, K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
     mean_z, scale_z = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
@@ -361,7 +363,7 @@ class KanervaMachine(_GenerativeModel):
                           tf.broadcast_to(prior_scale, tf.shape(prior_mean)))  # [B, T]
     per_example = tf.reduce_mean(reconstruction + kl_y + kl_z, axis=-1)  # [B]
     episode_length = tf.cast(tf.shape(x)[1], tf.float32)
-    kl_memory = tfd.kl_divergence(memory, self.prior()) / episode_length        # [B]
+    kl_memory = tfd.kl_divergence(memory, prior) / episode_length     # [B]
     return {
         "loss": tf.reduce_mean(per_example),
         "per_example_loss": per_example,
