@@ -10,6 +10,9 @@ same command resumes from the last checkpoint in --workdir.
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# oneDNN kernels: ~2.4x faster training on CPUs where TensorFlow leaves them off (kanerva_tf
+# docstring); must be set before TensorFlow is imported.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
