@@ -365,7 +365,8 @@ class Decoder(keras.layers.Layer):
     for i in range(NUM_DOWNSAMPLINGS):
       h = self.deconvs[i](ops.relu(self.res_blocks[i](h)))
       th, tw = self._sizes[NUM_DOWNSAMPLINGS - i - 1]
-      h = h[:, :th, :tw, :]  # [N, th, tw, F or O]: crop the trailing row / column
+      if (th, tw) != tuple(h.shape[1:3]):  # a no-op slice would still cost a StridedSliceGrad
+        h = h[:, :th, :tw, :]  # [N, th, tw, F or O]: crop the trailing row / column
     return ops.reshape(h, tuple(batch_shape) + self.image_shape[:2] + (self.out_channels,))
 
   def compute_output_shape(self, input_shape):
