@@ -51,6 +51,9 @@ def define_flags():
   flags.DEFINE_integer("chunk_size", None, "On-line write: observations per step.",
                        lower_bound=1)
   flags.DEFINE_bool("distribution_memory", False, "Distribution-based read/write (App. F).")
+  flags.DEFINE_enum("kernel_initializer", "he_normal",
+                    ["he_normal", "lecun_normal", "glorot_uniform"],
+                    "Initializer of every conv / dense kernel (see kanerva_tf.networks).")
   # Optimisation and distribution.
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.")
   flags.DEFINE_integer("train_steps", 100_000, "Total training steps.", lower_bound=1)
@@ -93,7 +96,8 @@ def configs_from_flags():
       "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size")
                if getattr(FLAGS, k) is not None}
   overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
-                   distribution_memory=FLAGS.distribution_memory)
+                   distribution_memory=FLAGS.distribution_memory,
+                   kernel_initializer=FLAGS.kernel_initializer)
   if FLAGS.dataset == "omniglot" and FLAGS.image_size in (None, 28) and FLAGS.grayscale in (None, True):
     return ModelConfig.omniglot(**overrides), train_config
   if FLAGS.dataset == "cifar10" and FLAGS.image_size in (None, 32) and FLAGS.grayscale in (None, False):

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 from kanerva_tf.memory import WRITE_METHODS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+KERNEL_INITIALIZERS = ("he_normal", "lecun_normal", "glorot_uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,9 @@ class ModelConfig:
     distribution_memory: read and write with distributions, Appendix F, instead of
       mean-field reads (eq. 6 with R) and sampled writes (eq. 8).
     episode_length: T used for training and by default in evaluation.
+    kernel_initializer: initializer of every convolution and dense kernel (Keras name, one of
+      `KERNEL_INITIALIZERS`); "he_normal" (default, see `networks.KERNEL_INITIALIZER`),
+      "lecun_normal" (Sonnet's default) or "glorot_uniform" (Keras' default).
   """
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   code_size: int = 100
@@ -44,6 +48,7 @@ class ModelConfig:
   chunk_size: Optional[int] = None
   distribution_memory: bool = False
   episode_length: int = 32
+  kernel_initializer: str = "he_normal"
 
   def __post_init__(self):
     shape = tuple(self.image_shape)
@@ -70,6 +75,9 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.chunk_size must be a positive int; got {self.chunk_size!r}.")
     if not self.noise_variance > 0:
       raise ValueError(f"ModelConfig.noise_variance must be > 0; got {self.noise_variance!r}.")
+    if self.kernel_initializer not in KERNEL_INITIALIZERS:
+      raise ValueError(f"ModelConfig.kernel_initializer must be one of {KERNEL_INITIALIZERS}; "
+                       f"got {self.kernel_initializer!r}.")
     if not self.y_noise_std >= 0:
       raise ValueError(f"ModelConfig.y_noise_std must be >= 0; got {self.y_noise_std!r}.")
 

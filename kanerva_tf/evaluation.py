@@ -51,7 +51,7 @@ from kanerva_tf.model import _split_normal  # the model's own (mean, softplus sc
 
 __all__ = [
     "EPISODE_SIZES", "CLASS_COUNTS", "GENERATION_ITERATIONS", "evaluate_bound",
-    "importance_log_likelihood", "bound_sweep", "plot_bound_sweep", "plot_reconstructions",
+    "importance_log_likelihood", "address_diagnostics", "bound_sweep", "plot_bound_sweep", "plot_reconstructions",
     "plot_generation", "plot_denoising", "plot_interpolation", "corrupt_with_block",
     "run_evaluation", "format_summary", "EVAL_FILE",
 ]
@@ -202,11 +202,11 @@ def importance_log_likelihood(model, episode, num_samples, seed):
 
   The estimate rises with k towards log p(x_t) (VAE) or log p(x_t | M) (Kanerva Machine).
   For k = 1 its expectation is the negative bound with analytic KLs replaced by their Monte
-  Carlo estimates: for the VAE exactly the model's loss. For the Kanerva Machine it is eq. 12
-  with the read samples y_t drawn independently of the write, whereas `KanervaMachine.call`
-  reads x_t with the same sample y_t that wrote it. For an untrained model the two agree to
-  ~0.05 nats; after training they need not: a model trained for 1000 steps on Omniglot had a
-  loss of 177.7 nats, and -log p_hat(x_t | M) = 215.2 (k=1), 186.6 (k=10), 179.9 (k=100).
+  Carlo estimates: for the VAE exactly the model's loss; for the Kanerva Machine eq. 12 with
+  the read samples y_t drawn independently of the write, as `KanervaMachine.call` does. (An
+  earlier version of `call` read x_t with the very y_t that wrote it; this estimate exposed
+  that as optimistic: after 1000 Omniglot steps, loss 177.7 nats vs -log p_hat(x_t | M) =
+  215.2 (k=1), 186.6 (k=10), 179.9 (k=100).)
   Gaussian models see dequantised inputs (module docstring), the same noise for all k samples.
 
   Args:
@@ -289,6 +289,61 @@ def evaluate_bound(model, dataset, num_batches=None, seed=0, importance_samples=
       result["iw_bits_per_dim"] = float(model.bits_per_dim(result["iw_loss"]))
   result["num_episodes"] = int(n)
   return result
+
+
+def address_diagnostics(model, episode, seed=0):
+  """How a Kanerva Machine addresses its memory, measured on episodes `[B, T, H, W, D]`.
+
+  Diagnoses whether the addresses depend on the image (the paper's model needs them to, to
+  read back the code of x_t rather than an episode average). With e = e(x) the encoder
+  output, q(y|x) = N(mu_y(x), s_y(x)^2) (no input noise: evaluation mode), and two
+  independent address samples w, w' of the same image (eq. 5):
+
+    embedding_std: std of e across the B*T images, averaged over units;
+    q_y_scale: mean of s_y;  q_y_mean_std: std of mu_y across images, averaged over dims;
+    w_norm: mean ||w||;
+    w_cos_same: mean cosine between w and w' of the same image;
+    w_cos_other: mean cosine between the w of two different images of an episode (None
+      when T = 1);
+    retrieval_r2: 1 - sum_t ||w'_t^T R - z_t||^2 / sum_t ||z_t - mean_t z_t||^2, with R the
+      posterior mean after writing the episode (eq. 9-11) with addresses w and z_t the mean
+      of q(z_t|x_t): the fraction of the within-episode variation of the written codes that a
+      read recovers. 0 = the read gives the episode average, 1 = exact recall.
+
+  Returns:
+    dict of Python floats (JSON-serialisable) with the keys above.
+  """
+  _require_km(model, "address_diagnostics")
+  x = model.check_images(episode)
+  seeds = samplers.split_seed(stateless_seed(seed), 2)
+  embedding = model.encoder(x)                                        # [B, T, 2C]
+  mean_y, scale_y = model.q_y_params(embedding, False, seeds[0])      # [B, T, Y]
+  ys = mean_y + scale_y * tf.random.stateless_normal(
+      tf.concat([[2], tf.shape(mean_y)], 0), seeds[1])                # [2, B, T, Y]
+  w, w_read = tf.unstack(model.addressing_weights(ys))               # [B, T, K] each
+  z, _ = _split_normal(embedding)                                     # [B, T, C]
+  memory = model.prior().update(w, z, noise_variance=model.config.noise_variance)
+  read = memory.read(w_read)                                          # [B, T, C]
+
+  def flat_std(v):
+    return float(tf.reduce_mean(tf.math.reduce_std(tf.reshape(v, [-1, v.shape[-1]]), axis=0)))
+
+  unit, unit_read = tf.math.l2_normalize(w, -1), tf.math.l2_normalize(w_read, -1)
+  gram = tf.einsum("btk,bsk->bts", unit, unit)                        # [B, T, T]
+  t = tf.cast(tf.shape(gram)[-1], tf.float32)
+  other = ((tf.reduce_sum(gram) - tf.reduce_sum(tf.linalg.diag_part(gram)))
+           / (tf.cast(tf.shape(gram)[0], tf.float32) * t * (t - 1.)))
+  centred = z - tf.reduce_mean(z, axis=1, keepdims=True)
+  r2 = 1. - tf.reduce_sum(tf.square(read - z)) / tf.reduce_sum(tf.square(centred))
+  return {
+      "embedding_std": flat_std(embedding),
+      "q_y_scale": float(tf.reduce_mean(scale_y)),
+      "q_y_mean_std": flat_std(mean_y),
+      "w_norm": float(tf.reduce_mean(tf.norm(w, axis=-1))),
+      "w_cos_same": float(tf.reduce_mean(tf.reduce_sum(unit * unit_read, -1))),
+      "w_cos_other": float(other) if t > 1 else None,  # episodes of one image: no pairs
+      "retrieval_r2": float(r2),
+  }
 
 
 def _stderr(values):
@@ -716,7 +771,8 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
 
   Returns:
     The dict written to eval.json: "bound" (see `evaluate_bound`), "sweep" (see
-    `bound_sweep`, or None), "figures" {name: file name}, "notes", and the run's identity:
+    `bound_sweep`, or None), "addressing" (see `address_diagnostics`; None for the VAE),
+    "figures" {name: file name}, "notes", and the run's identity:
     "workdir", "checkpoint", "step", "model_type", "likelihood", "dataset", "data", "split",
     "episode_length", "batch_size", "num_batches", "seed", "importance_samples",
     "command_line", "out_dir".
@@ -757,9 +813,13 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
   logging.info("Test bound: %s", bound)
   if importance_samples and is_km:
     notes.append("iw_loss estimates -log p(x_t | M) with M the written posterior mean and read "
-                 "samples (y, z) independent of the write; the model's loss reads x_t with the "
-                 "y_t sampled to write it, so it is not a bound on the same quantity and can be "
-                 "lower than iw_loss (see evaluation.importance_log_likelihood).")
+                 "samples (y, z) independent of the write, like the model's loss (eq. 12); "
+                 "see evaluation.importance_log_likelihood.")
+
+  addressing = None
+  if is_km:
+    addressing = address_diagnostics(model, next(iter(ds.take(1))), seed=seed)
+    logging.info("Addressing: %s", addressing)
 
   sweep = None
   if episode_sizes:
@@ -819,6 +879,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
       "likelihood": config.likelihood, "dataset": name, "data": data_kwargs, "split": split,
       "episode_length": t, "batch_size": batch_size, "num_batches": num_batches, "seed": seed,
       "importance_samples": importance_samples, "bound": bound, "sweep": sweep,
+      "addressing": addressing,
       "figures": written, "notes": notes, "command_line": command_line, "out_dir": out_dir,
   }
   eval_path = os.path.join(out_dir, EVAL_FILE)

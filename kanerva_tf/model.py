@@ -90,12 +90,14 @@ class _GenerativeModel(keras.Model):
     c = config.code_size
     image_channels = config.image_shape[-1]
     # Embedding e(x) of size 2C (Appendix C); for the VAE it is (mean, scale) of q(z|x).
+    init = config.kernel_initializer
     self.encoder = networks.Encoder(config.num_filters, 2 * c, config.image_shape,
-                                    name="encoder")
+                                    kernel_initializer=init, name="encoder")
     # Bernoulli: logits [.., D]; Gaussian: mean and scale per pixel [.., 2D].
     out = image_channels if config.likelihood == "bernoulli" else 2 * image_channels
     self.decoder = networks.Decoder(config.num_filters, config.image_shape,
-                                    output_channels=out, name="decoder")
+                                    output_channels=out, kernel_initializer=init,
+                                    name="decoder")
 
   # -- keras plumbing
   def get_config(self):
@@ -265,9 +267,10 @@ class KanervaMachine(_GenerativeModel):
     super().__init__(config, **kwargs)
     cfg = self.config
     k, c, s = cfg.memory_size, cfg.code_size, cfg.address_size
-    self.q_y = networks.MLP(cfg.mlp_hidden_size, 2 * cfg.y_size, name="q_y")
-    self.key = networks.MLP(cfg.mlp_hidden_size, s, name="key")
-    self.q_z = networks.MLP(cfg.mlp_hidden_size, 2 * c, name="q_z_read")
+    init = cfg.kernel_initializer
+    self.q_y = networks.MLP(cfg.mlp_hidden_size, 2 * cfg.y_size, init, name="q_y")
+    self.key = networks.MLP(cfg.mlp_hidden_size, s, init, name="key")
+    self.q_z = networks.MLP(cfg.mlp_hidden_size, 2 * c, init, name="q_z_read")
     self.addresses = self.add_weight(
         shape=(k, s), initializer=keras.initializers.RandomNormal(stddev=1.), name="addresses")
     self.prior_loc = self.add_weight(shape=(k, c), initializer="zeros", name="prior_loc")

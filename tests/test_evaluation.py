@@ -237,6 +237,7 @@ def test_run_evaluation_kanerva(tmp_path):
     original = evaluation.evaluate_bound(model, ds, seed=1)
   saved = _check_eval_json(out_dir, result, "kanerva")
   np.testing.assert_allclose(saved["bound"]["loss"], original["loss"], rtol=1e-6)
+  assert -1 <= saved["addressing"]["w_cos_other"] <= 1
   assert saved["bound"]["num_episodes"] == 6 and saved["episode_length"] == 4
   assert saved["bound"]["importance_samples"] == 2 and "iw_loss" in saved["bound"]
   assert "bits_per_dim" not in saved["bound"]
@@ -263,6 +264,7 @@ def test_run_evaluation_vae_without_sweep(tmp_path):
   out_dir = workdir / "eval"  # the default
   saved = _check_eval_json(out_dir, result, "vae")
   assert saved["sweep"] is None and saved["episode_length"] == 5
+  assert saved["addressing"] is None
   assert set(saved["figures"]) == {"reconstructions", "generation"}
   for file in saved["figures"].values():
     _check_png(out_dir / file)
@@ -364,3 +366,55 @@ def test_eval_script_on_real_omniglot(tmp_path):
     saved = json.load(f)
   assert saved["bound"]["num_episodes"] == 2 and np.isfinite(saved["bound"]["loss"])
 
+
+
+# ----------------------------------------------------------------------------- address_diagnostics
+def _numpy_retrieval_r2(model, x, seed):
+  """retrieval_r2 recomputed independently: numpy Gaussian conditioning (eq. 9-11) per episode."""
+  from tensorflow_probability.python.internal import samplers  # pylint: disable=g-import-not-at-top
+  seeds = samplers.split_seed(kt.model.stateless_seed(seed), 2)
+  e = model.encoder(x)
+  mean_y, scale_y = model.q_y_params(e, False, seeds[0])
+  ys = mean_y + scale_y * tf.random.stateless_normal(tf.concat([[2], tf.shape(mean_y)], 0),
+                                                     seeds[1])
+  w, w_read = (np.float64(v) for v in tf.unstack(model.addressing_weights(ys)))
+  z = np.float64(tf.split(e, 2, axis=-1)[0])
+  prior = model.prior()
+  r0, u0 = np.float64(prior.mean()), np.float64(prior.row_covariance)
+  num, den = 0., 0.
+  for b in range(x.shape[0]):
+    sigma_z = w[b] @ u0 @ w[b].T + model.config.noise_variance * np.eye(w.shape[1])
+    r = r0 + u0 @ w[b].T @ np.linalg.solve(sigma_z, z[b] - w[b] @ r0)
+    num += np.sum((w_read[b] @ r - z[b]) ** 2)
+    den += np.sum((z[b] - z[b].mean(0)) ** 2)
+  return 1. - num / den
+
+
+def test_address_diagnostics_match_numpy_and_detect_image_independent_addresses():
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  model = kt.KanervaMachine(OMNIGLOT_TINY)
+  rng = np.random.default_rng(0)
+  x = tf.constant((rng.random((2, 4, 28, 28, 1)) < 0.3).astype(np.float32))
+  model(x)
+  d = evaluation.address_diagnostics(model, x, seed=3)
+  assert set(d) == {"embedding_std", "q_y_scale", "q_y_mean_std", "w_norm", "w_cos_same",
+                    "w_cos_other", "retrieval_r2"}
+  assert d["retrieval_r2"] == pytest.approx(_numpy_retrieval_r2(model, x, 3), abs=1e-3)
+  assert d["embedding_std"] > 0 and d["q_y_scale"] > 0 and d["w_norm"] > 0
+  assert -1 <= d["w_cos_other"] <= 1 and -1 <= d["w_cos_same"] <= 1
+  # Force q(y|x) to N(1, 0.01^2) for every image: the addresses stop depending on the image,
+  # so two samples of one image and two different images give the same address direction.
+  kernel, bias = model.q_y.output_layer.kernel, model.q_y.output_layer.bias
+  kernel.assign(tf.zeros_like(kernel))
+  y_size = model.config.y_size
+  bias.assign(tf.concat([tf.ones([y_size]), tf.fill([y_size], -5.)], 0))
+  collapsed = evaluation.address_diagnostics(model, x, seed=3)
+  assert collapsed["q_y_mean_std"] == pytest.approx(0., abs=1e-6)
+  assert collapsed["w_cos_same"] > 0.99 and collapsed["w_cos_other"] > 0.99
+
+
+def test_address_diagnostics_refuses_the_vae():
+  with pytest.raises(ValueError, match="Kanerva"):
+    vae = kt.VAE(OMNIGLOT_TINY)
+    evaluation.address_diagnostics(vae, tf.zeros((1, 4, 28, 28, 1)))
