@@ -1,19 +1,28 @@
 r"""Training-step time of the Kanerva Machine vs the matched VAE (and inference throughput).
 
-  python bench/step_time.py                 # Omniglot preset, B=16, T=32
+  python bench/step_time.py                 # Omniglot preset, B=16, T=32, oneDNN on and off
   python bench/step_time.py --quick         # tiny smoke run (< 1 minute)
 
-Every configuration is compiled first, then the configurations are timed *alternately*
-(round-robin, `--rounds` rounds of `--steps` steps each), so machine noise hits all of them
-alike; the table reports the median seconds per step over rounds and the ratio to the VAE
-measured in the same round. Data are random binary episodes (the input pipeline is not timed;
-it is measured separately as `pipeline`). FLOPs per step are counted by the TF profiler
-on the traced training step (convolutions and matmuls; Cholesky/triangular solves are not
-counted by the profiler), and compared with the measured matmul peak (bench/matmul_peak.py).
+What is timed is the function `train.py` runs (`training.make_train_function`: forward,
+backward and Adam update, `--steps` steps per `tf.function` call) on random binary episodes,
+so the input pipeline is not included. Configurations (`--configs`): `vae`, `kanerva`
+(default batch write), `kanerva_online` (one observation at a time, section 3.3),
+`kanerva_chunk8`, and the same with `_jit` (XLA).
+
+TensorFlow's oneDNN kernels can only be switched per process (`TF_ENABLE_ONEDNN_OPTS` is read
+at import), so each `--onednn` setting runs in its own worker process. Every configuration of
+every worker is compiled first; then the parent times them *alternately* — round r runs each
+configuration of worker 1, then of worker 2, ... — so machine noise hits all of them alike.
+The table reports the median seconds per step over rounds, the median of the per-round ratios
+to the VAE of the same worker, and the median per-round ratio of oneDNN off to on (the
+before/after of the oneDNN switch). FLOPs per step are counted by the TF profiler on the
+non-XLA graph (convolutions and matmuls; Cholesky and triangular solves are not counted) and
+compared with the matmul peak measured in the same run (bench/matmul_peak.py).
 """
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -21,92 +30,31 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import keras  # pylint: disable=g-import-not-at-top
-import numpy as np
-import tensorflow as tf
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kanerva_tf as kt  # pylint: disable=g-import-not-at-top
+ALL_CONFIGS = ("vae", "kanerva", "kanerva_online", "kanerva_chunk8", "vae_jit", "kanerva_jit",
+               "kanerva_online_jit")
+DEFAULT_CONFIGS = "vae,kanerva,kanerva_online,vae_jit,kanerva_jit"
 
 
-def _train_step(model, optimizer, jit):
-  variables = model.trainable_variables
+# ----------------------------------------------------------------------------- worker side
+def _worker(args):
+  """Builds and compiles the configurations, then serves 'round' / 'infer' / 'peak' commands
+  from stdin, answering each with one JSON line on stdout."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import kanerva_tf as kt  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
 
-  def grads(x, seed):
-    with tf.GradientTape() as tape:
-      loss = model(x, training=True, seed=seed)["loss"]
-    return tape.gradient(loss, variables), loss
-
-  if jit:
-    grads = tf.function(grads, jit_compile=True)
-
-  @tf.function
-  def step(x, seed):
-    g, loss = grads(x, seed)
-    optimizer.apply_gradients(zip(g, variables))
-    return loss
-
-  return step
-
-
-def _flops(fn, *args):
-  """FLOPs of one call of tf.function `fn` counted by the TF profiler (None if unavailable)."""
-  try:
-    from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
-    from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
-    graph = fn.get_concrete_function(*args).graph
-    opts = option_builder.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    return model_analyzer.profile(graph, options=opts).total_float_ops
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def _machine():
-  cpu = "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{os.cpu_count()} cores, {cpu}, TF {tf.__version__}, Python {platform.python_version()}"
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--episode_length", type=int, default=32)
-  parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
-  parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
-  parser.add_argument("--configs", default="vae,kanerva,kanerva_online,vae_jit,kanerva_jit",
-                      help="comma list of: vae, kanerva, kanerva_online, kanerva_chunk8, "
-                      "vae_jit, kanerva_jit, kanerva_online_jit")
-  parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-  args = parser.parse_args(argv)
-  if min(args.batch_size, args.episode_length, args.steps, args.rounds) <= 0:
-    parser.error("batch_size, episode_length, steps and rounds must be positive")
-  cfg = kt.ModelConfig.omniglot(episode_length=args.episode_length)
-  if args.quick:
-    cfg = kt.ModelConfig.omniglot(code_size=8, memory_size=8, address_size=4, num_filters=4,
-                                  y_size=4, mlp_hidden_size=16, episode_length=4)
-    args.batch_size, args.episode_length, args.steps, args.rounds = 2, 4, 2, 2
-
-  print(f"# bench/step_time.py — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-  print(f"# machine: {_machine()}")
-  print(f"# command: python bench/step_time.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-  print(f"# B={args.batch_size} T={args.episode_length}, K={cfg.memory_size} C={cfg.code_size} "
-        f"F={cfg.num_filters}; {args.rounds} alternating rounds x {args.steps} steps\n")
-
+  cfg = _model_config(kt, args)
   rng = np.random.default_rng(0)
-  x = tf.constant((rng.random((args.batch_size, args.episode_length) + cfg.image_shape) < 0.1)
-                  .astype(np.float32))
+  x = (rng.random((args.batch_size, cfg.episode_length) + cfg.image_shape) < 0.1).astype(
+      np.float32)
   seed = tf.constant([0, 1], tf.int32)
-  runs = {}
-  for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
-    model_type = "vae" if name.startswith("vae") else "kanerva"
+  runs, info = {}, {}
+  for name in args.configs.split(","):
     overrides = {}
     if "online" in name:
       overrides["write_method"] = "online"
@@ -114,62 +62,215 @@ def main(argv=None):
       overrides = dict(write_method="online", chunk_size=8)
     model_cfg = kt.ModelConfig.from_dict({**cfg.to_dict(), **overrides})
     keras.utils.set_random_seed(0)
-    model = kt.VAE(model_cfg) if model_type == "vae" else kt.KanervaMachine(model_cfg)
-    model(x[:1])
+    model = kt.VAE(model_cfg) if name.startswith("vae") else kt.KanervaMachine(model_cfg)
+    model(tf.constant(x[:1]))
     optimizer = keras.optimizers.Adam(1e-4)
     optimizer.build(model.trainable_variables)
-    step = _train_step(model, optimizer, jit=name.endswith("_jit"))
+    step = tf.Variable(0, dtype=tf.int64)
+    fn = training.make_train_function(
+        tf.distribute.get_strategy(), model, optimizer, step, keys=("loss",),
+        global_batch_size=args.batch_size, seed=0, jit_compile=name.endswith("_jit"))
+    iterator = iter(tf.data.Dataset.from_tensors(x).repeat())
+    num_steps = tf.constant(args.steps)
     t0 = time.perf_counter()
-    float(step(x, seed))
+    float(fn(iterator, num_steps)["loss"])
     compile_s = time.perf_counter() - t0
-    # XLA-compiled steps hide their ops from the profiler: count the non-jit graph instead.
-    flops = _flops(_train_step(model, optimizer, jit=False), x, seed)
-    runs[name] = dict(step=step, compile=compile_s, times=[], model=model, flops=flops)
+    runs[name] = (fn, iterator, num_steps, model)
+    info[name] = dict(compile_s=compile_s, flops=_flops(tf, model, optimizer, x, seed))
+  for fn, iterator, num_steps, _ in runs.values():  # untimed warm-up: the first call after
+    float(fn(iterator, num_steps)["loss"])          # building every model is slow once
+  print(json.dumps(dict(ready=info, onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS"))), flush=True)
 
+  for line in sys.stdin:
+    command = line.strip()
+    if command == "round":
+      times = {}
+      for name, (fn, iterator, num_steps, _) in runs.items():
+        t0 = time.perf_counter()
+        float(fn(iterator, num_steps)["loss"])
+        times[name] = (time.perf_counter() - t0) / args.steps
+      print(json.dumps(times), flush=True)
+    elif command == "infer":
+      print(json.dumps(_inference(tf, runs, x, seed, args)), flush=True)
+    elif command == "peak":
+      sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+      from matmul_peak import matmul_peak_gflops  # pylint: disable=g-import-not-at-top
+      peak, _ = matmul_peak_gflops(sizes=(256,) if args.quick else (1024,), repeats=5)
+      print(json.dumps(dict(peak=peak)), flush=True)
+    elif command == "quit":
+      return
+
+
+def _model_config(kt, args):
+  if args.quick:
+    return kt.ModelConfig.omniglot(code_size=8, memory_size=8, address_size=4, num_filters=4,
+                                   y_size=4, mlp_hidden_size=16, episode_length=4)
+  return kt.ModelConfig.omniglot(episode_length=args.episode_length)
+
+
+def _flops(tf, model, optimizer, x, seed):
+  """FLOPs of one plain (non-XLA) training step counted by the TF profiler, or None."""
+  variables = model.trainable_variables
+
+  @tf.function
+  def step(x, seed):
+    with tf.GradientTape() as tape:
+      loss = model(x, training=True, seed=seed)["loss"]
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return loss
+
+  try:
+    from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
+    from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
+    opts = option_builder.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    graph = step.get_concrete_function(tf.constant(x), seed).graph
+    return model_analyzer.profile(graph, options=opts).total_float_ops
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _inference(tf, runs, x, seed, args):
+  """Median seconds per batch of KanervaMachine.write + one read (the reconstruct path)."""
+  if "kanerva" not in runs:
+    return {}
+  km = runs["kanerva"][3]
+
+  @tf.function
+  def write_read(x, seed):
+    memory = km.write(x, seed=seed)
+    return km.read(x, memory, 1, seed=seed)
+
+  x = tf.constant(x)
+  write_read(x, seed)
+  times = []
   for _ in range(args.rounds):
-    for name, run in runs.items():
-      t0 = time.perf_counter()
-      for _ in range(args.steps):
-        loss = run["step"](x, seed)
-      float(loss)
-      run["times"].append((time.perf_counter() - t0) / args.steps)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      out = write_read(x, seed)
+    out.numpy()
+    times.append((time.perf_counter() - t0) / args.steps)
+  return dict(write_read_s=statistics.median(times))
 
-  from matmul_peak import matmul_peak_gflops  # pylint: disable=g-import-not-at-top
-  peak, _ = matmul_peak_gflops(sizes=(256,) if args.quick else (1024,), repeats=5)
-  base = runs.get("vae")
+
+# ----------------------------------------------------------------------------- parent side
+def _machine():
+  cpu = "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+class _Worker:
+  """A worker process with one TF_ENABLE_ONEDNN_OPTS setting."""
+
+  def __init__(self, onednn, argv):
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    self.onednn = onednn
+    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"] + argv,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=env)
+    self.ready = self._read()["ready"]
+
+  def _read(self):
+    line = self.proc.stdout.readline()
+    if not line:
+      raise SystemExit(f"bench worker (oneDNN={self.onednn}) died: exit {self.proc.wait()}")
+    return json.loads(line)
+
+  def ask(self, command):
+    self.proc.stdin.write(command + "\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self):
+    self.proc.stdin.write("quit\n")
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--episode_length", type=int, default=32)
+  parser.add_argument("--steps", type=int, default=5, help="steps per timed round (one call)")
+  parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
+  parser.add_argument("--configs", default=DEFAULT_CONFIGS,
+                      help=f"comma list of: {', '.join(ALL_CONFIGS)}")
+  parser.add_argument("--onednn", default="1,0",
+                      help="comma list of TF_ENABLE_ONEDNN_OPTS values, one worker each; the "
+                      "first is the reference")
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if min(args.batch_size, args.episode_length, args.steps, args.rounds) <= 0:
+    parser.error("batch_size, episode_length, steps and rounds must be positive")
+  configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+  unknown = sorted(set(configs) - set(ALL_CONFIGS))
+  if unknown or not configs:
+    parser.error(f"--configs: unknown {unknown}; choose from {', '.join(ALL_CONFIGS)}")
+  settings = [s.strip() for s in args.onednn.split(",") if s.strip()]
+  if not settings or any(s not in ("0", "1") for s in settings):
+    parser.error(f"--onednn must be a comma list of 0 / 1; got {args.onednn!r}")
+  if args.quick:
+    args.batch_size, args.episode_length, args.steps, args.rounds = 2, 4, 2, 2
+  args.configs = ",".join(configs)
+  if args.worker:
+    return _worker(args)
+
+  worker_argv = [a for a in argv if not a.startswith("--onednn")]
+  print(f"# bench/step_time.py — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+  print(f"# machine: {_machine()}")
+  print(f"# command: python bench/step_time.py {' '.join(argv)}")
+  print(f"# B={args.batch_size} T={args.episode_length} (Omniglot preset unless --quick); "
+        f"{args.rounds} alternating rounds x {args.steps} steps (one tf.function call); "
+        f"oneDNN settings {settings}, one worker process each\n")
+  workers = [_Worker(s, worker_argv) for s in settings]
+  times = {(w.onednn, c): [] for w in workers for c in configs}
+  for _ in range(args.rounds):
+    for w in workers:
+      for c, t in w.ask("round").items():
+        times[(w.onednn, c)].append(t)
+  peak = workers[0].ask("peak")["peak"]
+  infer = workers[0].ask("infer")
+  for w in workers:
+    w.close()
+
   images = args.batch_size * args.episode_length
-  print("| config | median s/step | ratio to VAE (median of per-round ratios) | images/s | "
-        "GFLOP/step (profiler) | GFLOP/s | % of matmul peak | compile s |")
-  print("|---|---|---|---|---|---|---|---|")
-  for name, run in runs.items():
-    med = statistics.median(run["times"])
-    ratio = ("%.3f" % statistics.median(a / b for a, b in zip(run["times"], base["times"]))
-             if base else "n/a")
-    gflop = run["flops"] / 1e9 if run["flops"] else None
-    rate = f"{gflop / med:.1f}" if gflop else "n/a"
-    frac = f"{100 * gflop / med / peak:.0f}%" if gflop else "n/a"
-    print(f"| {name} | {med:.4f} | {ratio} | {images / med:.0f} | "
-          f"{'%.2f' % gflop if gflop else 'n/a'} | {rate} | {frac} | {run['compile']:.1f} |")
-  print(f"\nmatmul peak (float32, tf.linalg.matmul in tf.function): {peak:.1f} GFLOP/s")
-
-  # Inference: write + one read of the episode (KanervaMachine.reconstruct path).
-  km = runs.get("kanerva", {}).get("model")
-  if km is not None:
-    @tf.function
-    def write_read(x, seed):
-      memory = km.write(x, seed=seed)
-      return km.read(x, memory, 1, seed=seed)
-
-    write_read(x, seed)
-    times = []
-    for _ in range(args.rounds):
-      t0 = time.perf_counter()
-      for _ in range(args.steps):
-        out = write_read(x, seed)
-      out.numpy()
-      times.append((time.perf_counter() - t0) / args.steps)
-    print(f"inference write+read: {statistics.median(times):.4f} s per batch, "
-          f"{images / statistics.median(times):.0f} images/s")
+  ref = settings[0]
+  print("| config | oneDNN | median s/step | ratio to VAE (same oneDNN) | oneDNN off/on | "
+        "images/s | GFLOP/step | GFLOP/s | % of matmul peak | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for w in workers:
+    for c in configs:
+      ts = times[(w.onednn, c)]
+      med = statistics.median(ts)
+      base = times.get((w.onednn, "vae"))
+      ratio = "%.3f" % statistics.median(a / b for a, b in zip(ts, base)) if base else "n/a"
+      other = [s for s in settings if s != w.onednn]
+      if w.onednn == ref and "0" in other and (("0", c) in times):
+        off_on = "%.2f" % statistics.median(a / b for a, b in zip(times[("0", c)], ts))
+      else:
+        off_on = ""
+      flops = w.ready[c]["flops"]
+      gflop = flops / 1e9 if flops else None
+      print(f"| {c} | {'on' if w.onednn == '1' else 'off'} | {med:.4f} | {ratio} | {off_on} | "
+            f"{images / med:.0f} | {'%.2f' % gflop if gflop else 'n/a'} | "
+            f"{'%.1f' % (gflop / med) if gflop else 'n/a'} | "
+            f"{'%.0f%%' % (100 * gflop / med / peak) if gflop else 'n/a'} | "
+            f"{w.ready[c]['compile_s']:.1f} |")
+  fastest = min(configs, key=lambda c: statistics.median(times[(ref, c)]))
+  print(f"\nfastest configuration (oneDNN={ref}): {fastest}")
+  print(f"matmul peak (float32, tf.linalg.matmul in tf.function, oneDNN={ref}): {peak:.1f} GFLOP/s")
+  if infer:
+    s = infer["write_read_s"]
+    print(f"inference write + read (KanervaMachine, oneDNN={ref}): {s:.4f} s per batch of "
+          f"{images} images, {images / s:.0f} images/s")
+  return None
 
 
 if __name__ == "__main__":
