@@ -51,9 +51,11 @@ def define_flags():
   flags.DEFINE_integer("chunk_size", None, "On-line write: observations per step.",
                        lower_bound=1)
   flags.DEFINE_bool("distribution_memory", False, "Distribution-based read/write (App. F).")
-  flags.DEFINE_enum("kernel_initializer", "he_normal",
-                    ["he_normal", "lecun_normal", "glorot_uniform"],
+  flags.DEFINE_enum("kernel_initializer", "glorot_uniform",
+                    ["glorot_uniform", "he_normal", "lecun_normal"],
                     "Initializer of every conv / dense kernel (see kanerva_tf.networks).")
+  flags.DEFINE_bool("reuse_write_address", False, "Experiment switch, NOT eq. 12: read x_t with "
+                    "the address sample that wrote it (see kanerva_tf.ModelConfig).")
   # Optimisation and distribution.
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.")
   flags.DEFINE_integer("train_steps", 100_000, "Total training steps.", lower_bound=1)
@@ -97,7 +99,8 @@ def configs_from_flags():
                if getattr(FLAGS, k) is not None}
   overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
                    distribution_memory=FLAGS.distribution_memory,
-                   kernel_initializer=FLAGS.kernel_initializer)
+                   kernel_initializer=FLAGS.kernel_initializer,
+                   reuse_write_address=FLAGS.reuse_write_address)
   if FLAGS.dataset == "omniglot" and FLAGS.image_size in (None, 28) and FLAGS.grayscale in (None, True):
     return ModelConfig.omniglot(**overrides), train_config
   if FLAGS.dataset == "cifar10" and FLAGS.image_size in (None, 32) and FLAGS.grayscale in (None, False):

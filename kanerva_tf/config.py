@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 from kanerva_tf.memory import WRITE_METHODS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-KERNEL_INITIALIZERS = ("he_normal", "lecun_normal", "glorot_uniform")
+KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +31,13 @@ class ModelConfig:
       mean-field reads (eq. 6 with R) and sampled writes (eq. 8).
     episode_length: T used for training and by default in evaluation.
     kernel_initializer: initializer of every convolution and dense kernel (Keras name, one of
-      `KERNEL_INITIALIZERS`); "he_normal" (default, see `networks.KERNEL_INITIALIZER`),
-      "lecun_normal" (Sonnet's default) or "glorot_uniform" (Keras' default).
+      `KERNEL_INITIALIZERS`): "glorot_uniform" (Keras' default, see
+      `networks.KERNEL_INITIALIZER`), "he_normal" or "lecun_normal" (Sonnet's default).
+    reuse_write_address: an experiment switch, off by default. When on, the training loss
+      reads x_t with the address sample y_t that wrote x_t into the memory, instead of an
+      independent y_t ~ q(y_t|x_t). The loss is then NOT an unbiased estimate of eq. 12: the
+      memory can store each z_t under its random address and return it exactly, whatever
+      q(y|x) is (RESULTS.md). For studying how the paper's curves could arise only.
   """
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   code_size: int = 100
@@ -48,7 +53,8 @@ class ModelConfig:
   chunk_size: Optional[int] = None
   distribution_memory: bool = False
   episode_length: int = 32
-  kernel_initializer: str = "he_normal"
+  kernel_initializer: str = "glorot_uniform"
+  reuse_write_address: bool = False
 
   def __post_init__(self):
     shape = tuple(self.image_shape)
@@ -75,6 +81,9 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.chunk_size must be a positive int; got {self.chunk_size!r}.")
     if not self.noise_variance > 0:
       raise ValueError(f"ModelConfig.noise_variance must be > 0; got {self.noise_variance!r}.")
+    for name in ("distribution_memory", "reuse_write_address"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"ModelConfig.{name} must be a bool; got {getattr(self, name)!r}.")
     if self.kernel_initializer not in KERNEL_INITIALIZERS:
       raise ValueError(f"ModelConfig.kernel_initializer must be one of {KERNEL_INITIALIZERS}; "
                        f"got {self.kernel_initializer!r}.")

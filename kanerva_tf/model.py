@@ -358,7 +358,10 @@ class KanervaMachine(_GenerativeModel):
     w_write = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[1]))  # [B, T, K]
     prior = self.prior()                                               # built once per call
     memory = self._write(embedding, w_write, seeds[2], prior)         # batch [B]
-    w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read, [B, T, K]
+    if self.config.reuse_write_address:  # experiment switch: not eq. 12 (see ModelConfig)
+      w = w_write
+    else:
+      w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read [B, T, K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
     mean_z, scale_z = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
     z = _sample_normal(mean_z, scale_z, seeds[3])                      # [B, T, C]

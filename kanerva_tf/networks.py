@@ -63,14 +63,12 @@ MIN_IMAGE_SIZE = 2**NUM_DOWNSAMPLINGS
 _STRIDED_KERNEL = 4
 _RES_KERNEL = 3
 
-# He normal (truncated normal, std sqrt(2 / fan_in)), the initialisation for ReLU networks. It
-# matters for the Kanerva Machine: q(y|x) sees the encoder output plus N(0, 0.2^2) noise
-# (Appendix C), so the addresses can depend on the image only where the embedding varies across
-# images by more than that. At initialisation it varies by (std per unit, Omniglot preset):
-# 0.03 with Keras' default Glorot uniform, 0.06 with LeCun normal (Sonnet's default), 0.4 with
-# He normal; with Glorot, the addresses of a trained model collapsed onto one direction
-# (RESULTS.md).
-KERNEL_INITIALIZER = "he_normal"
+# Keras' default, Glorot uniform. `ModelConfig.kernel_initializer` can change it (he_normal,
+# lecun_normal). At initialisation the Omniglot encoder output varies across images by ~0.03
+# per unit with Glorot (0.06 LeCun, 0.4 He), far below the N(0, 0.2^2) noise the Kanerva
+# Machine adds to the input of q(y|x); He normal was tried against the address collapse this
+# suggests, did not prevent it and trained slower early on (RESULTS.md).
+KERNEL_INITIALIZER = "glorot_uniform"
 
 
 def check_image_shape(image_shape):

@@ -140,6 +140,27 @@ def test_distribution_memory_option():
   np.testing.assert_allclose(b["loss"], b["reconstruction"] + b["kl_y"] + b["kl_z"], rtol=1e-5)
 
 
+def test_reuse_write_address_option():
+  """The switch reads with the write's address sample: identical to the default read when
+  q(y|x) is deterministic, different otherwise."""
+  x = _binary((2, 4, 8, 8, 1))
+  default = kt.KanervaMachine(TINY)
+  default(x)
+  reuse = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "reuse_write_address": True}))
+  reuse(x)
+  reuse.set_weights(default.get_weights())
+  a, b = default(x, seed=(1, 1)), reuse(x, seed=(1, 1))
+  assert abs(float(a["kl_z"]) - float(b["kl_z"])) > 1e-4
+  for m in (default, reuse):  # q(y|x) = N(1, ~1e-4^2): both reads use the same address
+    kernel, bias = m.q_y.output_layer.kernel, m.q_y.output_layer.bias
+    kernel.assign(tf.zeros_like(kernel))
+    bias.assign(tf.concat([tf.ones([TINY.y_size]), tf.fill([TINY.y_size], -30.)], 0))
+  a, b = default(x, seed=(1, 1)), reuse(x, seed=(1, 1))
+  np.testing.assert_allclose(float(b["kl_z"]), float(a["kl_z"]), rtol=1e-3)
+  with pytest.raises(ValueError, match="reuse_write_address must be a bool"):
+    kt.ModelConfig(reuse_write_address=1)
+
+
 def test_gaussian_dequantisation_only_in_training():
   cfg = kt.ModelConfig(**{**TINY.to_dict(), "likelihood": "gaussian"})
   model = kt.VAE(cfg)
