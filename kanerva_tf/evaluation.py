@@ -747,7 +747,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
                    split="test", dataset=None, data_dir=None,
                    episode_sizes: Sequence[int] = EPISODE_SIZES,
                    class_counts: Sequence[Optional[int]] = CLASS_COUNTS,
-                   command_line=None):
+                   command_line=None, model_overrides=None):
   """Evaluates a training run; writes `<out_dir>/eval.json` and the figures.
 
   Args:
@@ -768,6 +768,8 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
     class_counts: classes per episode for the sweep and the generation figure; None or "all"
       = no class restriction.
     command_line: recorded in eval.json (e.g. sys.argv and the flag values).
+    model_overrides: `ModelConfig` fields changed for the evaluation (`runs.restore_model`),
+      recorded in eval.json.
 
   Returns:
     The dict written to eval.json: "bound" (see `evaluate_bound`), "sweep" (see
@@ -787,7 +789,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
   episode_sizes = tuple(_check_int("episode size", t, minimum=1) for t in episode_sizes)
   class_counts = _check_class_counts(class_counts)
 
-  model, run_config, step = runs.restore_model(workdir, checkpoint)
+  model, run_config, step = runs.restore_model(workdir, checkpoint, model_overrides)
   checkpoint = checkpoint or tf.train.latest_checkpoint(runs.checkpoint_dir(workdir))
   notes = []
   model_type = run_config["model_type"]
@@ -879,7 +881,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
       "likelihood": config.likelihood, "dataset": name, "data": data_kwargs, "split": split,
       "episode_length": t, "batch_size": batch_size, "num_batches": num_batches, "seed": seed,
       "importance_samples": importance_samples, "bound": bound, "sweep": sweep,
-      "addressing": addressing,
+      "addressing": addressing, "model_overrides": model_overrides or {},
       "figures": written, "notes": notes, "command_line": command_line, "out_dir": out_dir,
   }
   eval_path = os.path.join(out_dir, EVAL_FILE)

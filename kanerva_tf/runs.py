@@ -77,19 +77,22 @@ def load_run_config(workdir):
     return json.load(f)
 
 
-def restore_model(workdir, checkpoint=None):
+def restore_model(workdir, checkpoint=None, model_overrides=None):
   """Rebuilds the run's model and restores its weights.
 
   Args:
     workdir: a run directory written by `kanerva_tf.training`.
     checkpoint: a checkpoint path; default the latest in `<workdir>/checkpoints`.
+    model_overrides: optional dict of `ModelConfig` fields to change before building, e.g.
+      {"reuse_write_address": False} to evaluate with eq. 12's independent read; fields that
+      change the variables (sizes) fail the restore.
 
   Returns:
     (model, run_config, step): the built model with restored weights, the run's config
     dict, and the training step of the checkpoint.
   """
   run_config = load_run_config(workdir)
-  config = ModelConfig.from_dict(run_config["model"])
+  config = ModelConfig.from_dict({**run_config["model"], **(model_overrides or {})})
   model = build_model(run_config["model_type"], config)
   model(tf.zeros((1, 2) + config.image_shape))  # create the variables
   path = checkpoint or tf.train.latest_checkpoint(checkpoint_dir(workdir))

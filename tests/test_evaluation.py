@@ -418,3 +418,19 @@ def test_address_diagnostics_refuses_the_vae():
   with pytest.raises(ValueError, match="Kanerva"):
     vae = kt.VAE(OMNIGLOT_TINY)
     evaluation.address_diagnostics(vae, tf.zeros((1, 4, 28, 28, 1)))
+
+
+def test_run_evaluation_model_overrides(tmp_path):
+  """The read switch can be overridden at evaluation (eq. 12's independent read vs reuse)."""
+  workdir = tmp_path / "run"
+  _make_run(workdir, "kanerva")
+  kwargs = dict(num_batches=1, batch_size=2, seed=1, episode_sizes=(), figures=False)
+  with mocked_omniglot():
+    plain = evaluation.run_evaluation(str(workdir), str(tmp_path / "a"), **kwargs)
+    reuse = evaluation.run_evaluation(str(workdir), str(tmp_path / "b"), **kwargs,
+                                      model_overrides={"reuse_write_address": True})
+  assert plain["model_overrides"] == {} and reuse["model_overrides"] == {
+      "reuse_write_address": True}
+  assert abs(plain["bound"]["kl_z"] - reuse["bound"]["kl_z"]) > 1e-4
+  with open(tmp_path / "b" / "eval.json") as f:
+    assert json.load(f)["model_overrides"] == {"reuse_write_address": True}
