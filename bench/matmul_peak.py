@@ -19,6 +19,7 @@ import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as kanerva_tf (set before TensorFlow loads)
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 

@@ -5,8 +5,8 @@ three write strategies of `kanerva_tf.memory`, each wrapped in a `tf.function`, 
 without XLA (`jit_compile=True`):
 
   batch    update(method="batch"):  one T x T Cholesky + one triangular solve.
-  online   update(method="online", chunk_size=1): tf.scan over T one-observation writes.
-  chunked  update(method="online", chunk_size=--chunk_size, default 8): tf.scan over
+  online   update(method="online", chunk_size=1): tf.foldl over T one-observation writes.
+  chunked  update(method="online", chunk_size=--chunk_size, default 8): tf.foldl over
            T / chunk_size batch writes of chunk_size observations.
 
 Timing: every (T, K) cell builds its 6 functions, calls each `--warmup` times untimed (the
@@ -58,6 +58,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as kanerva_tf (set before TensorFlow loads)
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
