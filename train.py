@@ -54,6 +54,8 @@ def define_flags():
   flags.DEFINE_enum("kernel_initializer", "glorot_uniform",
                     ["glorot_uniform", "he_normal", "lecun_normal"],
                     "Initializer of every conv / dense kernel (see kanerva_tf.networks).")
+  flags.DEFINE_integer("kl_y_warmup_steps", 0, "Kanerva Machine: weigh KL(y) by min(1, step / "
+                       "N) in the training loss (0 = off: eq. 12 throughout).", lower_bound=0)
   flags.DEFINE_bool("reuse_write_address", False, "Experiment switch, NOT eq. 12: read x_t with "
                     "the address sample that wrote it (see kanerva_tf.ModelConfig).")
   # Optimisation and distribution.
@@ -93,7 +95,8 @@ def configs_from_flags():
       steps_per_call=FLAGS.steps_per_call, log_every=FLAGS.log_every,
       checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
       eval_batches=FLAGS.eval_batches, image_every=FLAGS.image_every,
-      jit_compile=FLAGS.jit_compile, export=FLAGS.export)
+      jit_compile=FLAGS.jit_compile, export=FLAGS.export,
+      kl_y_warmup_steps=FLAGS.kl_y_warmup_steps)
   overrides = {k: getattr(FLAGS, k) for k in (
       "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size")
                if getattr(FLAGS, k) is not None}

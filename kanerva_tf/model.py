@@ -337,8 +337,12 @@ class KanervaMachine(_GenerativeModel):
     return dict(mean_y=mean_y, scale_y=scale_y, w=w, prior_mean=prior_mean,
                 prior_scale=prior_scale, mean_z=mean_z, scale_z=scale_z, z=z)
 
-  def call(self, episode, training=False, seed=None, dequantize=None):
+  def call(self, episode, training=False, seed=None, dequantize=None, kl_y_weight=None):
     """Negative bound of eq. 12 divided by T, for episodes `[B, T, H, W, D]`.
+
+    `kl_y_weight` (None = 1) weighs KL(y) in `loss` and `per_example_loss` (a training-time
+    warm-up, `TrainConfig.kl_y_warmup_steps`; with a weight other than 1 the loss is not
+    eq. 12); the reported `kl_y` is always unweighted.
 
     The episode is written to the memory with one sample y_t, z_t per image (eq. 8); each
     x_t is then read back from the posterior memory with an independent y_t ~ q(y_t|x_t),
@@ -369,7 +373,8 @@ class KanervaMachine(_GenerativeModel):
     kl_y = diag_normal_kl(mean_y, scale_y, tf.zeros_like(mean_y), tf.ones_like(scale_y))
     kl_z = diag_normal_kl(mean_z, scale_z, prior_mean,
                           tf.broadcast_to(prior_scale, tf.shape(prior_mean)))  # [B, T]
-    per_example = tf.reduce_mean(reconstruction + kl_y + kl_z, axis=-1)  # [B]
+    weighted_kl_y = kl_y if kl_y_weight is None else kl_y_weight * kl_y
+    per_example = tf.reduce_mean(reconstruction + weighted_kl_y + kl_z, axis=-1)  # [B]
     episode_length = tf.cast(tf.shape(x)[1], tf.float32)
     kl_memory = tfd.kl_divergence(memory, prior) / episode_length     # [B]
     return {

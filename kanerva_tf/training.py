@@ -54,6 +54,10 @@ class TrainConfig:
     max_checkpoints: checkpoints kept in `<workdir>/checkpoints`.
     jit_compile: XLA-compile each replica's forward and backward pass.
     export: write the SavedModel to `<workdir>/export` at the end.
+    kl_y_warmup_steps: Kanerva Machine only, off (0) by default: the training loss weighs
+      KL(q(y|x) || p(y)) by min(1, step / kl_y_warmup_steps), so that addresses can become
+      image-dependent before they are charged in full (RESULTS.md); from that step on the
+      loss is eq. 12. Evaluations always use eq. 12.
   """
   model_type: str = "kanerva"
   dataset: str = "omniglot"
@@ -77,6 +81,7 @@ class TrainConfig:
   max_checkpoints: int = 3
   jit_compile: bool = False
   export: bool = True
+  kl_y_warmup_steps: int = 0
 
   def __post_init__(self):
     if self.model_type not in runs.MODEL_TYPES:
@@ -89,10 +94,14 @@ class TrainConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    for name in ("log_every", "checkpoint_every", "eval_every", "image_every"):
+    for name in ("log_every", "checkpoint_every", "eval_every", "image_every",
+                 "kl_y_warmup_steps"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0 (0 = never); got {value!r}.")
+        raise ValueError(f"{name} must be an int >= 0 (0 = never / off); got {value!r}.")
+    if self.kl_y_warmup_steps and self.model_type != "kanerva":
+      raise ValueError("kl_y_warmup_steps needs model_type='kanerva' (the VAE has no y); got "
+                       f"{self.model_type!r}.")
     if not (isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1):
       raise ValueError(f"learning_rate must be a float in (0, 1); got {self.learning_rate!r}.")
 
@@ -122,6 +131,12 @@ def _check_run_config(workdir, run_config):
     runs.save_run_config(workdir, run_config)
     return
   old = runs.load_run_config(workdir)
+  if isinstance(old.get("model"), dict):
+    # Fields added to ModelConfig after the run started take their defaults, which keep the
+    # behaviour the run was trained with (e.g. kernel_initializer, reuse_write_address).
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    old["model"] = {**{k: v for k, v in defaults.items() if k in run_config["model"]},
+                    **old["model"]}
   for key in ("model_type", "model", "data"):
     saved, now = old.get(key), run_config[key]
     if saved != now:
@@ -185,13 +200,14 @@ def replica_seed(seed, step, replica_id, num_replicas):
 
 
 def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_size, seed,
-                        jit_compile=False):
+                        jit_compile=False, kl_y_warmup_steps=0):
   """A `tf.function(iterator, num_steps)` running `num_steps` distributed training steps.
 
   Each replica computes its per-episode losses `[B / replicas]`, averages them over the
   *global* batch (`tf.nn.compute_average_loss`) and applies its gradients with the Keras
   optimizer, which sums them across replicas: the update is the one of the global mean.
-  `step` (an int64 Variable) is incremented once per step.
+  `step` (an int64 Variable) is incremented once per step. With `kl_y_warmup_steps` > 0 the
+  Kanerva Machine's KL(y) term is weighted by min(1, step / kl_y_warmup_steps).
 
   Returns:
     The function; it returns the mean over its steps of the global-batch mean of each
@@ -200,9 +216,12 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
   variables = model.trainable_variables
   replicas = strategy.num_replicas_in_sync
 
-  def forward_backward(x, seed):
+  def forward_backward(x, seed, kl_y_weight):
     with tf.GradientTape() as tape:
-      out = model(x, training=True, seed=seed)
+      if kl_y_warmup_steps:
+        out = model(x, training=True, seed=seed, kl_y_weight=kl_y_weight)
+      else:
+        out = model(x, training=True, seed=seed)
       loss = tf.nn.compute_average_loss(out["per_example_loss"],
                                         global_batch_size=global_batch_size)
     return tape.gradient(loss, variables), out
@@ -212,8 +231,10 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
 
   def replica_step(x):
     ctx = tf.distribute.get_replica_context()
+    kl_y_weight = (tf.minimum(1., tf.cast(step, tf.float32) / kl_y_warmup_steps)
+                   if kl_y_warmup_steps else tf.constant(1.))
     grads, out = forward_backward(
-        x, replica_seed(seed, step, ctx.replica_id_in_sync_group, replicas))
+        x, replica_seed(seed, step, ctx.replica_id_in_sync_group, replicas), kl_y_weight)
     optimizer.apply_gradients(zip(grads, variables))
     fraction = tf.cast(tf.shape(x)[0], tf.float32) / global_batch_size
     return {k: out[k] * fraction for k in keys}  # summed over replicas: the global mean
@@ -303,7 +324,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
   keys = _scalar_keys(cfg.model_type)
   train_calls = make_train_function(strategy, model, optimizer, step, keys=keys,
                                     global_batch_size=cfg.batch_size, seed=cfg.seed,
-                                    jit_compile=cfg.jit_compile)
+                                    jit_compile=cfg.jit_compile,
+                                    kl_y_warmup_steps=cfg.kl_y_warmup_steps)
 
   def evaluate():
     result = evaluation.evaluate_bound(model, eval_ds, seed=cfg.seed + 2)

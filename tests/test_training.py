@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -156,10 +157,51 @@ def test_data_and_model_shapes_must_agree(mock_omniglot, tmp_path):
     (dict(batch_size=0), "batch_size must be a positive int; got 0"),
     (dict(learning_rate=3.0), "learning_rate must be a float in"),
     (dict(eval_every=-1), "eval_every must be an int >= 0"),
+    (dict(kl_y_warmup_steps=-5), "kl_y_warmup_steps must be an int >= 0"),
+    (dict(model_type="vae", kl_y_warmup_steps=10), "kl_y_warmup_steps needs model_type"),
 ])
 def test_bad_train_config_values(kwargs, message):
   with pytest.raises(ValueError, match=message):
     _train_config(**kwargs)
+
+
+def test_kl_y_warmup_weighs_kl_y_in_the_training_loss():
+  """At step 0 of a warm-up the training loss is reconstruction + KL(z); the model's own
+  eq. 12 loss adds KL(y)."""
+  model = kt.KanervaMachine(TINY)
+  x = tf.constant((np.random.default_rng(0).random((2, 4, 28, 28, 1)) < 0.2).astype(np.float32))
+  model(x)
+  optimizer = keras.optimizers.SGD(0.)  # no update: the weights stay the same
+  optimizer.build(model.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64)
+  keys = ("loss", "reconstruction", "kl_y", "kl_z")
+  train = training.make_train_function(tf.distribute.get_strategy(), model, optimizer, step,
+                                       keys=keys, global_batch_size=2, seed=3,
+                                       kl_y_warmup_steps=10)
+  out = {k: float(v) for k, v in train(iter(tf.data.Dataset.from_tensors(x).repeat()),
+                                       tf.constant(1)).items()}
+  assert out["kl_y"] > 1e-3
+  np.testing.assert_allclose(out["loss"], out["reconstruction"] + out["kl_z"], rtol=1e-5)
+  full = model(x, training=True, seed=training.replica_seed(3, 0, 0, 1))
+  np.testing.assert_allclose(float(full["loss"]), out["loss"] + out["kl_y"], rtol=1e-5)
+
+
+def test_resuming_a_run_saved_before_new_model_fields_were_added(mock_omniglot, tmp_path):
+  """A config.json without fields added to ModelConfig later (they take their defaults) is
+  the same model, not a different one."""
+  workdir = tmp_path / "run"
+  cfg = _train_config(train_steps=2, eval_every=0, image_every=0)
+  training.train_and_evaluate(TINY, cfg, str(workdir))
+  saved = runs.load_run_config(str(workdir))
+  for field in ("kernel_initializer", "reuse_write_address"):
+    del saved["model"][field]
+  runs.save_run_config(str(workdir), saved)
+  training.train_and_evaluate(TINY, _train_config(train_steps=4, eval_every=0, image_every=0),
+                              str(workdir))
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-4")
+  with pytest.raises(ValueError, match="different model"):
+    other = kt.ModelConfig(**{**TINY.to_dict(), "kernel_initializer": "he_normal"})
+    training.train_and_evaluate(other, _train_config(train_steps=6), str(workdir))
 
 
 # ----------------------------------------------------------------------------- distribution
