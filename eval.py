@@ -51,7 +51,7 @@ def define_flags(fv=flags.FLAGS):
                        flag_values=fv)
   flags.DEFINE_bool("reuse_write_address", None, "Override the run's ModelConfig switch "
                     "(default: as trained); --noreuse_write_address evaluates eq. 12's bound "
-                    "with independent read samples.")
+                    "with independent read samples.", flag_values=fv)
   flags.DEFINE_integer("importance_samples", 0, "k > 0 adds an importance-weighted NLL "
                        "estimate with k samples per image; 0 = bound only.", lower_bound=0,
                        flag_values=fv)
