@@ -195,7 +195,8 @@ def _summary(args, last):
   if main_eval and main_eval.get("addressing"):
     a = main_eval["addressing"]
     lines.append(f"- What its memory does: its addresses do not depend on the image. Two "
-                 f"address samples of the same image are no more alike than those of two different images (cosine "
+                 f"address samples of the same image are no more alike than those of two "
+                 f"different images (cosine "
                  f"{a['w_cos_same']:.3f} vs {a['w_cos_other']:.3f}), KL(y) fell to "
                  f"{main_eval['bound']['kl_y']:.2f} nats, and a read recovers none of the "
                  f"within-episode variation of the written codes (R² {a['retrieval_r2']:.2f}): "
