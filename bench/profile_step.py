@@ -73,8 +73,7 @@ def part_of(name):
   direction = "backward" if "gradient_tape/" in name else "forward"
   scopes = [re.sub(r"_\d+$", "", s) for s in name.split("/")]
   for part in _PARTS:
-    if part in scopes or any(s.startswith(part + "_") and s[len(part) + 1:].isdigit()
-                             for s in name.split("/")):
+    if part in scopes:
       return f"{direction}/{part}"
   if any(s.startswith("res_block") for s in scopes):
     return f"{direction}/(res block)"

@@ -182,7 +182,7 @@ def _load_json(*parts):
     return json.load(f)
 
 
-def _summary(args, last):
+def _summary(args, curves, last):
   """The findings, with every number read from the metrics / eval.json files."""
   lines = ["## Summary", ""]
   main_eval = _load_json("results", "omniglot_kanerva_eval", "eval.json")
@@ -210,8 +210,7 @@ def _summary(args, last):
     reuse_tests = {}
   a = _load_json("results", "reuse_address", "omniglot_kanerva_eval", "eval.json")
   b = _load_json("results", "reuse_address", "omniglot_kanerva_eval_eq12", "eval.json")
-  vae_tests = {r["step"]: r for r in read_metrics(args.runs_dir, "vae", "results")
-               if r["split"] == "test"}
+  vae_tests = {r["step"]: r for r in curves["vae"] if r["split"] == "test"}
   common = sorted(set(reuse_tests) & set(vae_tests))
   if common and a and b:
     step = common[-1]
@@ -288,7 +287,7 @@ def report(args):
       "",
   ] + table
   lines = lines[:lines.index("## Test bound (negative variational lower bound per sample, nats)")] \
-      + _summary(args, last) + lines[lines.index(
+      + _summary(args, curves, last) + lines[lines.index(
           "## Test bound (negative variational lower bound per sample, nats)"):]
   if last:
     step, k, v = last

@@ -818,9 +818,10 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
                  "samples (y, z) independent of the write, like the model's loss (eq. 12); "
                  "see evaluation.importance_log_likelihood.")
 
+  first = next(iter(ds.take(1)))                                       # [B, T, H, W, D]
   addressing = None
   if is_km:
-    addressing = address_diagnostics(model, next(iter(ds.take(1))), seed=seed)
+    addressing = address_diagnostics(model, first, seed=seed)
     logging.info("Addressing: %s", addressing)
 
   sweep = None
@@ -836,7 +837,6 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
   if figures:
     def path(file):
       return os.path.join(out_dir, file)
-    first = next(iter(ds.take(1)))                                     # [B, T, H, W, D]
     plot_reconstructions(model, first, path("reconstructions.png"), seed=seed)
     written["reconstructions"] = "reconstructions.png"
     conditioning = {}

@@ -132,11 +132,9 @@ def _check_run_config(workdir, run_config):
     return
   old = runs.load_run_config(workdir)
   if isinstance(old.get("model"), dict):
-    # Fields added to ModelConfig after the run started take their defaults, which keep the
-    # behaviour the run was trained with (e.g. kernel_initializer, reuse_write_address).
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    old["model"] = {**{k: v for k, v in defaults.items() if k in run_config["model"]},
-                    **old["model"]}
+    # Compare configs, not dicts: fields added to ModelConfig after the run started take
+    # their defaults, which keep the behaviour the run was trained with.
+    old["model"] = json.loads(json.dumps(ModelConfig.from_dict(old["model"]).to_dict()))
   for key in ("model_type", "model", "data"):
     saved, now = old.get(key), run_config[key]
     if saved != now:

@@ -128,13 +128,19 @@ def test_same_seed_same_loss_and_write_methods_agree():
   assert _scalars(batch(x, training=True, seed=(8, 8)))["loss"] != _scalars(a)["loss"]
 
 
+def _twins(x, **overrides):
+  """A TINY Kanerva Machine and one with `overrides`, both built on x, with the same weights."""
+  base = kt.KanervaMachine(TINY)
+  base(x)
+  other = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), **overrides}))
+  other(x)
+  other.set_weights(base.get_weights())
+  return base, other
+
+
 def test_distribution_memory_option():
   x = _binary((2, 4, 8, 8, 1))
-  mean_field = kt.KanervaMachine(TINY)
-  mean_field(x)
-  dist = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "distribution_memory": True}))
-  dist(x)
-  dist.set_weights(mean_field.get_weights())
+  mean_field, dist = _twins(x, distribution_memory=True)
   a, b = mean_field(x, seed=(1, 1)), dist(x, seed=(1, 1))
   assert np.isfinite(b["loss"]) and abs(float(a["kl_z"]) - float(b["kl_z"])) > 1e-6
   np.testing.assert_allclose(b["loss"], b["reconstruction"] + b["kl_y"] + b["kl_z"], rtol=1e-5)
@@ -144,11 +150,7 @@ def test_reuse_write_address_option():
   """The switch reads with the write's address sample: identical to the default read when
   q(y|x) is deterministic, different otherwise."""
   x = _binary((2, 4, 8, 8, 1))
-  default = kt.KanervaMachine(TINY)
-  default(x)
-  reuse = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "reuse_write_address": True}))
-  reuse(x)
-  reuse.set_weights(default.get_weights())
+  default, reuse = _twins(x, reuse_write_address=True)
   a, b = default(x, seed=(1, 1)), reuse(x, seed=(1, 1))
   assert abs(float(a["kl_z"]) - float(b["kl_z"])) > 1e-4
   for m in (default, reuse):  # q(y|x) = N(1, ~1e-4^2): both reads use the same address
