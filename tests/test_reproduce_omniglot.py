@@ -1,0 +1,51 @@
+"""Tests for the report helpers of bench/reproduce_omniglot.py (pure Python, no training)."""
+
+import importlib.util
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                     "reproduce_omniglot.py")
+
+
+@pytest.fixture(scope="module")
+def rep():
+  spec = importlib.util.spec_from_file_location("reproduce_omniglot", _PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _test(step, loss, kl_z, kl_y=0.5):
+  return {"split": "test", "step": step, "loss": loss, "reconstruction": loss - kl_z - kl_y,
+          "kl_y": kl_y, "kl_z": kl_z}
+
+
+def test_training_hours_leaves_out_pauses(rep):
+  times = [0., 20., 40., 40. + 3600., 40. + 3620.]  # a one-hour pause between 40 and 3640
+  records = [{"split": "train", "step": 50 * i, "time": t} for i, t in enumerate(times)]
+  records.append({"split": "test", "step": 100, "time": 10_000.})  # test records are ignored
+  assert rep.training_hours(records) == pytest.approx(60. / 3600.)
+  assert rep.training_hours(records, max_gap=4000.) == pytest.approx(3660. / 3600.)
+
+
+def test_kl_z_dip_detects_a_fall_from_the_peak(rep):
+  rising = [_test(s, 200., kl) for s, kl in ((250, 5.), (500, 10.), (750, 12.))]
+  assert rep.kl_z_dip(rising) == (False, 750, 12., 750, 12.)
+  dipping = rising + [_test(1000, 190., 3.)]
+  assert rep.kl_z_dip(dipping) == (True, 750, 12., 1000, 3.)
+  small_fall = rising + [_test(1000, 190., 10.)]  # 17 % below the peak: not a dip
+  assert rep.kl_z_dip(small_fall)[0] is False
+
+
+def test_comparison_rows_and_verdict(rep):
+  steps = list(range(250, 5001, 250)) + [5100]
+  curves = {"kanerva": [_test(s, 100. + s / 100., 1.) for s in steps],
+            "vae": [_test(s, 110., 2.) for s in steps if s != 500]}
+  lines, last = rep._comparison(curves, every=1000, dense_until=1000)  # pylint: disable=protected-access
+  shown = [int(line.split("|")[1]) for line in lines[2:]]
+  # Every common step up to 1000 (500 is missing from the VAE), then multiples of 1000, the last.
+  assert shown == [250, 750, 1000, 2000, 3000, 4000, 5000, 5100]
+  assert last == (5100, 151., 110.)
+  assert lines[-1].endswith("| -41.00 |")  # VAE minus KM
