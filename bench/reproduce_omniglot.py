@@ -3,6 +3,7 @@ r"""Reproduction of the paper's Omniglot comparison (section 4.1): Kanerva Machi
   python bench/reproduce_omniglot.py --train --eval --train_steps=10000   # everything
   python bench/reproduce_omniglot.py --eval     # evaluate the checkpoints, then report
   python bench/reproduce_omniglot.py            # report only: RESULTS.md
+  python bench/reproduce_omniglot.py --train --seed=1 --train_steps=5000   # another seed's pair
 
 Training runs `train.py --flagfile=omniglot.flags` for `--model=kanerva` and `--model=vae`
 (same settings: B=16, T=32, Adam 1e-4), concurrently, one thread each, evaluating the test
@@ -15,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,24 +27,44 @@ TERMS = ("loss", "reconstruction", "kl_y", "kl_z")
 PAPER = {"kanerva": 68.3, "vae": 112.7}
 
 
+def seed_dir(runs_dir, seed):
+  """Where the runs of `seed` live: `<runs_dir>` for the main runs (seed 0), else
+  `<runs_dir>/seed<N>`."""
+  return runs_dir if seed == 0 else os.path.join(runs_dir, f"seed{seed}")
+
+
+def extra_seeds(runs_dir):
+  """Seeds other than 0 that have runs (`<runs_dir>/seed<N>`) or committed copies
+  (`results/seed<N>`)."""
+  found = set()
+  for base in (runs_dir, os.path.join(REPO, "results")):
+    if os.path.isdir(base):
+      found.update(int(m.group(1)) for m in map(re.compile(r"seed(\d+)").fullmatch,
+                                                 os.listdir(base)) if m)
+  return sorted(found)
+
+
 def train(args):
   procs = []
+  runs_dir = seed_dir(args.runs_dir, args.seed)
+  os.makedirs(runs_dir, exist_ok=True)
   for model in MODELS:
-    workdir = os.path.join(args.runs_dir, f"omniglot_{model}")
+    workdir = os.path.join(runs_dir, f"omniglot_{model}")
     cmd = [sys.executable, "train.py", "--flagfile=omniglot.flags", f"--model={model}",
-           f"--workdir={workdir}", f"--train_steps={args.train_steps}", "--log_every=50",
+           f"--workdir={workdir}", f"--seed={args.seed}", f"--train_steps={args.train_steps}",
+           "--log_every=50",
            f"--eval_every={args.eval_every}", f"--checkpoint_every={args.eval_every}",
            "--eval_batches=4", "--image_every=1000",
            f"--kernel_initializer={args.kernel_initializer}"]
     if args.data_dir:
       cmd.append(f"--data_dir={args.data_dir}")
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
-    log = open(os.path.join(args.runs_dir, f"omniglot_{model}.log"), "a")
+    log = open(os.path.join(runs_dir, f"omniglot_{model}.log"), "a")
     print("running:", " ".join(cmd), flush=True)
     procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env))
   codes = [p.wait() for p in procs]
   if any(codes):
-    raise SystemExit(f"training failed: exit codes {codes}; see {args.runs_dir}/*.log")
+    raise SystemExit(f"training failed: exit codes {codes}; see {runs_dir}/*.log")
 
 
 # Side runs (same settings but one switch), trained by hand with train.py into
@@ -89,6 +111,11 @@ def evaluate(args):
         jobs.append((workdir, os.path.join("results", name, "omniglot_kanerva_eval_eq12"),
                      ["--num_batches=4", "--episode_sizes=", "--nofigures",
                       "--noreuse_write_address"]))
+  for seed in extra_seeds(args.runs_dir):
+    workdir = os.path.join(seed_dir(args.runs_dir, seed), "omniglot_kanerva")
+    if os.path.isdir(workdir):
+      jobs.append((workdir, os.path.join("results", f"seed{seed}", "omniglot_kanerva_eval"),
+                   ["--num_batches=4", "--episode_sizes=", "--nofigures"]))
   for workdir, out_dir, flags in jobs:
     cmd = [sys.executable, "eval.py", f"--workdir={workdir}", f"--out_dir={out_dir}"] + flags
     if args.data_dir:
@@ -289,6 +316,52 @@ def _summary(args, curves, last):
   return lines
 
 
+def seed_table(curves_by_seed):
+  """Markdown rows comparing the seeds at the last step every seed evaluated both models at,
+  and that step (None if there is none)."""
+  tests = {seed: {m: {r["step"]: r for r in c[m] if r["split"] == "test"} for m in MODELS}
+           for seed, c in curves_by_seed.items()}
+  common = set.intersection(*(set(t["kanerva"]) & set(t["vae"]) for t in tests.values()))
+  if not common:
+    return [], None
+  step = max(common)
+  lines = ["| seed | KM loss | KM KL(y) | KM KL(z) | VAE loss | VAE KL(z) | VAE − KM |",
+           "|---|---|---|---|---|---|---|"]
+  gaps = []
+  for seed, t in sorted(tests.items()):
+    k, v = t["kanerva"][step], t["vae"][step]
+    gaps.append(v["loss"] - k["loss"])
+    lines.append(f"| {seed} | {k['loss']:.2f} | {k['kl_y']:.2f} | {k['kl_z']:.2f} | "
+                 f"{v['loss']:.2f} | {v['kl_z']:.2f} | {gaps[-1]:+.2f} |")
+  mean = sum(gaps) / len(gaps)
+  spread = (max(gaps) - min(gaps)) if len(gaps) > 1 else 0.
+  lines.append(f"| mean | | | | | | {mean:+.2f} (range {spread:.2f}) |")
+  return lines, step
+
+
+def _seeds_section(args, curves):
+  """The main runs (seed 0) beside the other seeds' pairs, at their last common step."""
+  curves_by_seed = {0: curves}
+  for seed in extra_seeds(args.runs_dir):
+    try:
+      curves_by_seed[seed] = {m: read_metrics(seed_dir(args.runs_dir, seed), m,
+                                              os.path.join("results", f"seed{seed}"))
+                              for m in MODELS}
+    except SystemExit:
+      continue  # a seed with only one model trained so far
+  if len(curves_by_seed) < 2:
+    return []
+  table, step = seed_table(curves_by_seed)
+  if step is None:
+    return []
+  return ["", "## Seeds", "",
+          f"The same pair of runs with other seeds (`python bench/reproduce_omniglot.py --train "
+          f"--seed=N --train_steps={step}`; initialisation, data order and sampling differ), "
+          f"compared at step {step}, the last step all seeds reached. Each run's test episodes "
+          f"follow its seed, so seeds are compared by their own VAE − KM gap; metrics copied to "
+          f"`results/seed<N>/`.", ""] + table
+
+
 def report(args):
   curves = {m: read_metrics(args.runs_dir, m, "results") for m in MODELS}
   os.makedirs(os.path.join(REPO, "results"), exist_ok=True)
@@ -335,6 +408,9 @@ def report(args):
 
   eval_path = os.path.join(REPO, "results", "omniglot_kanerva_eval", "eval.json")
   rows = _addressing_rows("KM (main run)", eval_path)
+  for seed in extra_seeds(args.runs_dir):
+    rows += _addressing_rows(f"KM, seed {seed}", os.path.join(
+        REPO, "results", f"seed{seed}", "omniglot_kanerva_eval", "eval.json"))
   for name, switch, _ in ABLATIONS:
     rows += _addressing_rows(f"KM, {switch}", os.path.join(REPO, "results", name,
                                                            "omniglot_kanerva_eval", "eval.json"))
@@ -348,6 +424,8 @@ def report(args):
               "read recovers (0 = an episode average, 1 = exact recall).", "",
               "| checkpoint | e std | q(y) scale | q(y) mean std | ‖w‖ | cos(w, w′) same image "
               "| cos(w) other images | retrieval R² |", "|---|---|---|---|---|---|---|---|"] + rows
+
+  lines += _seeds_section(args, curves)
 
   if os.path.exists(eval_path):
     with open(eval_path) as f:
@@ -442,11 +520,16 @@ def main():
   parser.add_argument("--eval_every", type=int, default=250)
   parser.add_argument("--runs_dir", default="runs")
   parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--seed", type=int, default=0,
+                      help="with --train: train this seed's pair (seed 0 = the main runs; "
+                           "others go to <runs_dir>/seed<N>/, reported in a seeds table)")
   parser.add_argument("--kernel_initializer", default="glorot_uniform",
                       choices=("glorot_uniform", "he_normal", "lecun_normal"))
   args = parser.parse_args()
   if args.train_steps <= 0 or args.eval_every <= 0:
     parser.error("--train_steps and --eval_every must be positive")
+  if args.seed < 0:
+    parser.error(f"--seed must be >= 0, got {args.seed}")
   if args.train:
     train(args)
   if args.eval:

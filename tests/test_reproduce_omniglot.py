@@ -49,3 +49,25 @@ def test_comparison_rows_and_verdict(rep):
   assert shown == [250, 750, 1000, 2000, 3000, 4000, 5000, 5100]
   assert last == (5100, 151., 110.)
   assert lines[-1].endswith("| -41.00 |")  # VAE minus KM
+
+
+def test_seed_dirs(rep, tmp_path):
+  assert rep.seed_dir("runs", 0) == "runs"
+  assert rep.seed_dir("runs", 2) == os.path.join("runs", "seed2")
+  for name in ("seed3", "seed12", "seedx", "omniglot_kanerva"):
+    (tmp_path / name).mkdir()
+  assert set(rep.extra_seeds(str(tmp_path))) >= {3, 12}
+  assert not {"x", 0} & set(rep.extra_seeds(str(tmp_path)))
+
+
+def test_seed_table_compares_at_the_last_common_step(rep):
+  def pair(km, vae, last):
+    steps = range(250, last + 1, 250)
+    return {"kanerva": [_test(s, km + 1000. / s, 2.) for s in steps],
+            "vae": [_test(s, vae + 1000. / s, 3.) for s in steps]}
+  table, step = rep.seed_table({0: pair(150., 135., 2000), 1: pair(140., 136., 1000)})
+  assert step == 1000
+  assert table[2].startswith("| 0 | 151.00 |") and table[2].endswith("| -15.00 |")
+  assert table[3].startswith("| 1 | 141.00 |") and table[3].endswith("| -4.00 |")
+  assert table[4] == "| mean | | | | | | -9.50 (range 11.00) |"
+  assert rep.seed_table({0: pair(1., 1., 250), 1: {"kanerva": [], "vae": []}}) == ([], None)
