@@ -117,11 +117,40 @@ def evaluate(args):
       jobs.append((workdir, os.path.join("results", f"seed{seed}", "omniglot_kanerva_eval"),
                    ["--num_batches=4", "--episode_sizes=", "--nofigures"]))
   for workdir, out_dir, flags in jobs:
-    cmd = [sys.executable, "eval.py", f"--workdir={workdir}", f"--out_dir={out_dir}"] + flags
+    args_ = [f"--workdir={workdir}", f"--out_dir={out_dir}"] + flags
     if args.data_dir:
-      cmd.append(f"--data_dir={args.data_dir}")
+      args_.append(f"--data_dir={args.data_dir}")
+    if not args.reeval and up_to_date(os.path.join(REPO, out_dir, "eval.json"),
+                                      os.path.join(REPO, workdir), args_):
+      print(f"up to date (same checkpoint and flags), not re-evaluated: {out_dir}", flush=True)
+      continue
+    cmd = [sys.executable, "eval.py"] + args_
     print("running:", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def latest_checkpoint_name(workdir):
+  """Basename of the newest checkpoint of a run (from `checkpoints/checkpoint`), or None."""
+  path = os.path.join(workdir, "checkpoints", "checkpoint")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    for line in f:
+      if line.startswith("model_checkpoint_path:"):
+        return os.path.basename(line.split(":", 1)[1].strip().strip('"'))
+  return None
+
+
+def up_to_date(eval_json, workdir, eval_args):
+  """Whether `eval_json` was written by eval.py with exactly `eval_args` from the run's newest
+  checkpoint (so evaluating again would reproduce it)."""
+  if not os.path.exists(eval_json):
+    return False
+  with open(eval_json) as f:
+    ev = json.load(f)
+  latest = latest_checkpoint_name(workdir)
+  return (latest is not None and os.path.basename(ev.get("checkpoint") or "") == latest
+          and (ev.get("command_line") or {}).get("argv", [])[1:] == list(eval_args))
 
 
 def read_metrics(runs_dir, model, copy_dir):
@@ -516,6 +545,9 @@ def main():
   parser.add_argument("--train", action="store_true", help="train both models first")
   parser.add_argument("--eval", action="store_true",
                       help="run eval.py on the final checkpoints (after training)")
+  parser.add_argument("--reeval", action="store_true",
+                      help="with --eval: evaluate again even where eval.json already comes from "
+                           "the newest checkpoint with the same flags")
   parser.add_argument("--train_steps", type=int, default=5000)
   parser.add_argument("--eval_every", type=int, default=250)
   parser.add_argument("--runs_dir", default="runs")

@@ -71,3 +71,22 @@ def test_seed_table_compares_at_the_last_common_step(rep):
   assert table[3].startswith("| 1 | 141.00 |") and table[3].endswith("| -4.00 |")
   assert table[4] == "| mean | | | | | | -9.50 (range 11.00) |"
   assert rep.seed_table({0: pair(1., 1., 250), 1: {"kanerva": [], "vae": []}}) == ([], None)
+
+
+def test_up_to_date_needs_same_checkpoint_and_flags(rep, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  eval_json = tmp_path / "eval.json"
+  flags = ["--workdir=run", "--num_batches=4"]
+  assert not rep.up_to_date(str(eval_json), str(workdir), flags)  # no eval.json
+  eval_json.write_text(json.dumps({"checkpoint": "run/checkpoints/ckpt-500",
+                                   "command_line": {"argv": ["eval.py"] + flags}}))
+  assert not rep.up_to_date(str(eval_json), str(workdir), flags)  # no checkpoint file
+  (workdir / "checkpoints" / "checkpoint").write_text(
+      'model_checkpoint_path: "ckpt-500"\nall_model_checkpoint_paths: "ckpt-250"\n')
+  assert rep.latest_checkpoint_name(str(workdir)) == "ckpt-500"
+  assert rep.up_to_date(str(eval_json), str(workdir), flags)
+  assert not rep.up_to_date(str(eval_json), str(workdir), flags + ["--nofigures"])
+  (workdir / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-750"\n')
+  assert not rep.up_to_date(str(eval_json), str(workdir), flags)  # a newer checkpoint
