@@ -529,8 +529,9 @@ def report(args):
             "13,180) sets, binarized here (area resize, threshold 0.25), instead of the Burda et "
             "al. (2015) 24,345/8,070 split; the test alphabets are unseen in training here.",
             "- Training length: the paper trains to convergence (its Fig. 2 spans far more "
-            "steps); here the run is as long as fitted on a 2-core CPU in one session, so the "
-            "numbers are early-training values, not converged ones.",
+            f"steps); here {last[0] if last else 0:,} steps, about {hours['kanerva']:.1f} h per "
+            "model on a 2-core CPU, so the numbers are early-training values, not converged "
+            "ones.",
             "- Initialisation: the paper does not state it (Keras' default here; see the "
             "he_normal side run).",
             "- The test bound here is an average over 64 fixed episodes (2,048 images), not the "
