@@ -7,7 +7,10 @@ What is timed is the function `train.py` runs (`training.make_train_function`: f
 backward and Adam update, `--steps` steps per `tf.function` call) on random binary episodes,
 so the input pipeline is not included. Configurations (`--configs`): `vae`, `kanerva`
 (default batch write), `kanerva_online` (one observation at a time, section 3.3),
-`kanerva_chunk8`, and the same with `_jit` (XLA).
+`kanerva_chunk8`, the same with `_jit` (XLA), and `kanerva_before`: the default Kanerva
+Machine with the two code changes the profile led to undone (einsum addressing, no-op decoder
+slices; see `_undo_profile_fixes`), so that with `--onednn 1,0` one run times the code before
+all three fixes (`kanerva_before`, oneDNN off) and after them (`kanerva`, oneDNN on).
 
 TensorFlow's oneDNN kernels can only be switched per process (`TF_ENABLE_ONEDNN_OPTS` is read
 at import), so each `--onednn` setting runs in its own worker process. Every configuration of
@@ -31,7 +34,7 @@ import sys
 import time
 
 ALL_CONFIGS = ("vae", "kanerva", "kanerva_online", "kanerva_chunk8", "vae_jit", "kanerva_jit",
-               "kanerva_online_jit")
+               "kanerva_online_jit", "kanerva_before")
 DEFAULT_CONFIGS = "vae,kanerva,kanerva_online,vae_jit,kanerva_jit"
 
 
@@ -63,6 +66,8 @@ def _worker(args):
     model_cfg = kt.ModelConfig.from_dict({**cfg.to_dict(), **overrides})
     keras.utils.set_random_seed(0)
     model = kt.VAE(model_cfg) if name.startswith("vae") else kt.KanervaMachine(model_cfg)
+    if name == "kanerva_before":
+      _undo_profile_fixes(tf, model)
     model(tf.constant(x[:1]))
     optimizer = keras.optimizers.Adam(1e-4)
     optimizer.build(model.trainable_variables)
@@ -99,6 +104,24 @@ def _worker(args):
       print(json.dumps(dict(peak=peak)), flush=True)
     elif command == "quit":
       return
+
+
+def _undo_profile_fixes(tf, model):
+  """Puts back, on this one KanervaMachine instance, the code that the profile
+  (bench/profile_step.py) led to replace in commit a69f5a7, for a before/after in the same
+  run: the addressing w = f(y)^T A as a broadcasting `tf.einsum("...s,ks->...k")` (now
+  `tf.tensordot`), and a slice `h[:, :th, :tw]` after every decoder deconvolution even where
+  it crops nothing (now skipped). The oneDNN switch, the third change, is the worker's
+  `TF_ENABLE_ONEDNN_OPTS`."""
+  model.addressing_weights = lambda y: tf.einsum(
+      "...s,ks->...k", model.key(y), model.normalized_addresses())
+  dec = model.decoder
+  sizes = dec._sizes  # pylint: disable=protected-access  # [(H, W), ..., (h3, w3)]
+  n = len(dec.deconvs)
+  for i, deconv in enumerate(dec.deconvs):
+    (h_in, w_in), target = sizes[n - i], sizes[n - i - 1]
+    if (2 * h_in, 2 * w_in) == tuple(target):  # the stages where the old slice was a no-op
+      deconv.call = lambda h, call=deconv.call, t=target: call(h)[:, :t[0], :t[1], :]
 
 
 def _model_config(kt, args):

@@ -1,0 +1,53 @@
+"""Tests for bench/step_time.py's `kanerva_before` configuration (the code before the profile
+fixes, rebuilt on one model instance): it must compute the same loss and gradients as the
+current code, with the old ops (einsum addressing, extra no-op decoder slices) in its graph."""
+
+import importlib.util
+import os
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+import kanerva_tf as kt
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                     "step_time.py")
+
+
+def _step_time():
+  spec = importlib.util.spec_from_file_location("step_time", _PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _loss_grads_and_ops(undo):
+  cfg = kt.ModelConfig.omniglot(code_size=6, memory_size=5, address_size=4, num_filters=4,
+                                y_size=3, mlp_hidden_size=8, episode_length=3)
+  x = tf.cast(tf.random.stateless_uniform((2, 3, 28, 28, 1), (0, 0)) < 0.2, tf.float32)
+  keras.utils.set_random_seed(0)
+  model = kt.KanervaMachine(cfg)
+  if undo:
+    _step_time()._undo_profile_fixes(tf, model)  # pylint: disable=protected-access
+  model(x[:, :1])
+
+  @tf.function
+  def loss_and_grads(x):
+    with tf.GradientTape() as tape:
+      loss = model(x, training=True, seed=(1, 2))["loss"]
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+  loss, grads = loss_and_grads(x)
+  ops = [op.type for op in loss_and_grads.get_concrete_function(x).graph.get_operations()]
+  return loss, grads, ops
+
+
+def test_kanerva_before_is_the_same_model_with_the_old_ops():
+  loss, grads, ops = _loss_grads_and_ops(undo=False)
+  loss_b, grads_b, ops_b = _loss_grads_and_ops(undo=True)
+  np.testing.assert_allclose(loss_b, loss, rtol=1e-6)
+  for g, g_b in zip(grads, grads_b):
+    np.testing.assert_allclose(g_b, g, rtol=1e-4, atol=1e-5)
+  assert ops_b.count("Einsum") > ops.count("Einsum")            # einsum addressing is back
+  assert ops_b.count("StridedSlice") > ops.count("StridedSlice")  # so are the no-op slices
