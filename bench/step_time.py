@@ -286,6 +286,18 @@ def main(argv=None):
             f"{'%.1f' % (gflop / med) if gflop else 'n/a'} | "
             f"{'%.0f%%' % (100 * gflop / med / peak) if gflop else 'n/a'} | "
             f"{w.ready[c]['compile_s']:.1f} |")
+  if "kanerva_before" in configs and "kanerva" in configs:
+    def ratio(a, b):  # median of the per-round ratios of two timed series
+      return statistics.median(x / y for x, y in zip(times[a], times[b]))
+    print(f"\nprofile fixes, before / after (median of per-round ratios):")
+    for s in settings:
+      print(f"- einsum addressing + no-op decoder slices undone, oneDNN "
+            f"{'on' if s == '1' else 'off'}: kanerva_before / kanerva = "
+            f"{ratio((s, 'kanerva_before'), (s, 'kanerva')):.3f}")
+    if {"0", "1"} <= set(settings):
+      print(f"- all three (code before the fixes with oneDNN off vs the current default): "
+            f"kanerva_before (oneDNN off) / kanerva (oneDNN on) = "
+            f"{ratio(('0', 'kanerva_before'), ('1', 'kanerva')):.3f}")
   fastest = min(configs, key=lambda c: statistics.median(times[(ref, c)]))
   print(f"\nfastest configuration (oneDNN={ref}): {fastest}")
   print(f"matmul peak (float32, tf.linalg.matmul in tf.function, oneDNN={ref}): {peak:.1f} GFLOP/s")
