@@ -177,6 +177,7 @@ def plot(curves, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top,unused-import
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
   titles = {"loss": "negative bound (nats/sample)", "reconstruction": "reconstruction -log p(x|z)",
             "kl_y": "KL(y)", "kl_z": "KL(z)"}
@@ -189,6 +190,7 @@ def plot(curves, path):
           ax.plot(*zip(*pts), style, color=colors[model], label=f"{model} {split}")
     ax.set_title(titles[term])
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
     if term in ("loss", "reconstruction"):
       ax.set_ylim(top=max(ax.get_ylim()[0] + 1, 260))
   axes[0].legend()
