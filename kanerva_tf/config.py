@@ -4,6 +4,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 from kanerva_tf.memory import WRITE_METHODS
+from kanerva_tf.networks import KERNEL_INITIALIZER
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
@@ -53,7 +54,7 @@ class ModelConfig:
   chunk_size: Optional[int] = None
   distribution_memory: bool = False
   episode_length: int = 32
-  kernel_initializer: str = "glorot_uniform"
+  kernel_initializer: str = KERNEL_INITIALIZER
   reuse_write_address: bool = False
 
   def __post_init__(self):

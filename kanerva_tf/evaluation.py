@@ -51,7 +51,8 @@ from kanerva_tf.model import _split_normal  # the model's own (mean, softplus sc
 
 __all__ = [
     "EPISODE_SIZES", "CLASS_COUNTS", "GENERATION_ITERATIONS", "evaluate_bound",
-    "importance_log_likelihood", "address_diagnostics", "bound_sweep", "plot_bound_sweep", "plot_reconstructions",
+    "importance_log_likelihood", "address_diagnostics", "bound_sweep", "plot_bound_sweep",
+    "plot_reconstructions",
     "plot_generation", "plot_denoising", "plot_interpolation", "corrupt_with_block",
     "run_evaluation", "format_summary", "EVAL_FILE",
 ]
@@ -818,7 +819,8 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
                  "samples (y, z) independent of the write, like the model's loss (eq. 12); "
                  "see evaluation.importance_log_likelihood.")
 
-  first = next(iter(ds.take(1)))                                       # [B, T, H, W, D]
+  # The first test batch, read once for the address diagnostics and the figures.
+  first = next(iter(ds.take(1))) if is_km or figures else None         # [B, T, H, W, D]
   addressing = None
   if is_km:
     addressing = address_diagnostics(model, first, seed=seed)

@@ -215,11 +215,10 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
   replicas = strategy.num_replicas_in_sync
 
   def forward_backward(x, seed, kl_y_weight):
+    # The VAE's call has no kl_y_weight: pass it only during a Kanerva Machine warm-up.
+    extra = {} if kl_y_weight is None else {"kl_y_weight": kl_y_weight}
     with tf.GradientTape() as tape:
-      if kl_y_warmup_steps:
-        out = model(x, training=True, seed=seed, kl_y_weight=kl_y_weight)
-      else:
-        out = model(x, training=True, seed=seed)
+      out = model(x, training=True, seed=seed, **extra)
       loss = tf.nn.compute_average_loss(out["per_example_loss"],
                                         global_batch_size=global_batch_size)
     return tape.gradient(loss, variables), out
@@ -230,7 +229,7 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
   def replica_step(x):
     ctx = tf.distribute.get_replica_context()
     kl_y_weight = (tf.minimum(1., tf.cast(step, tf.float32) / kl_y_warmup_steps)
-                   if kl_y_warmup_steps else tf.constant(1.))
+                   if kl_y_warmup_steps else None)
     grads, out = forward_backward(
         x, replica_seed(seed, step, ctx.replica_id_in_sync_group, replicas), kl_y_weight)
     optimizer.apply_gradients(zip(grads, variables))
