@@ -58,6 +58,10 @@ def define_flags():
                        "N) in the training loss (0 = off: eq. 12 throughout).", lower_bound=0)
   flags.DEFINE_bool("reuse_write_address", False, "Experiment switch, NOT eq. 12: read x_t with "
                     "the address sample that wrote it (see kanerva_tf.ModelConfig).")
+  flags.DEFINE_enum("read_posterior", "concat", ["concat", "residual"], "Kanerva Machine: "
+                    "q(z|x,y,M) mean from the MLP (concat) or read + MLP output (residual).")
+  flags.DEFINE_float("prior_loc_stddev", 0., "Kanerva Machine: initial R_0 entries "
+                     "~ truncated N(0, s^2) (0 = zeros).", lower_bound=0.)
   # Optimisation and distribution.
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.")
   flags.DEFINE_integer("train_steps", 100_000, "Total training steps.", lower_bound=1)
@@ -103,7 +107,9 @@ def configs_from_flags():
   overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
                    distribution_memory=FLAGS.distribution_memory,
                    kernel_initializer=FLAGS.kernel_initializer,
-                   reuse_write_address=FLAGS.reuse_write_address)
+                   reuse_write_address=FLAGS.reuse_write_address,
+                   read_posterior=FLAGS.read_posterior,
+                   prior_loc_stddev=FLAGS.prior_loc_stddev)
   if FLAGS.dataset == "omniglot" and FLAGS.image_size in (None, 28) and FLAGS.grayscale in (None, True):
     return ModelConfig.omniglot(**overrides), train_config
   if FLAGS.dataset == "cifar10" and FLAGS.image_size in (None, 32) and FLAGS.grayscale in (None, False):

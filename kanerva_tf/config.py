@@ -7,6 +7,7 @@ from kanerva_tf.memory import WRITE_METHODS
 from kanerva_tf.networks import KERNEL_INITIALIZER
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+READ_POSTERIORS = ("concat", "residual")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
 
 
@@ -39,6 +40,12 @@ class ModelConfig:
       independent y_t ~ q(y_t|x_t). The loss is then NOT an unbiased estimate of eq. 12: the
       memory can store each z_t under its random address and return it exactly, whatever
       q(y|x) is (RESULTS.md). For studying how the paper's curves could arise only.
+    read_posterior: parameterisation of q(z_t | x_t, y_t, M), an MLP on [e(x_t), w_t^T R]
+      (section 3.2 fixes only its input): "concat" (default) takes its mean from the MLP;
+      "residual" adds the MLP's mean output to the read w_t^T R, so that following the memory
+      is the MLP's zero output. Both are eq. 12; they differ in what is easy to learn.
+    prior_loc_stddev: initial R_0 is zeros (0, default) or truncated N(0, s^2) entries (s > 0,
+      as the memory module of the authors' later Dynamic Kanerva Machine initialises it).
   """
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   code_size: int = 100
@@ -56,6 +63,8 @@ class ModelConfig:
   episode_length: int = 32
   kernel_initializer: str = KERNEL_INITIALIZER
   reuse_write_address: bool = False
+  read_posterior: str = "concat"
+  prior_loc_stddev: float = 0.0
 
   def __post_init__(self):
     shape = tuple(self.image_shape)
@@ -88,6 +97,13 @@ class ModelConfig:
     if self.kernel_initializer not in KERNEL_INITIALIZERS:
       raise ValueError(f"ModelConfig.kernel_initializer must be one of {KERNEL_INITIALIZERS}; "
                        f"got {self.kernel_initializer!r}.")
+    if self.read_posterior not in READ_POSTERIORS:
+      raise ValueError(f"ModelConfig.read_posterior must be one of {READ_POSTERIORS}; "
+                       f"got {self.read_posterior!r}.")
+    if (isinstance(self.prior_loc_stddev, bool) or
+        not isinstance(self.prior_loc_stddev, (int, float)) or not self.prior_loc_stddev >= 0):
+      raise ValueError(f"ModelConfig.prior_loc_stddev must be a float >= 0; "
+                       f"got {self.prior_loc_stddev!r}.")
     if not self.y_noise_std >= 0:
       raise ValueError(f"ModelConfig.y_noise_std must be >= 0; got {self.y_noise_std!r}.")
 

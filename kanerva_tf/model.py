@@ -273,7 +273,10 @@ class KanervaMachine(_GenerativeModel):
     self.q_z = networks.MLP(cfg.mlp_hidden_size, 2 * c, init, name="q_z_read")
     self.addresses = self.add_weight(
         shape=(k, s), initializer=keras.initializers.RandomNormal(stddev=1.), name="addresses")
-    self.prior_loc = self.add_weight(shape=(k, c), initializer="zeros", name="prior_loc")
+    # R_0: zeros by default; N(0, s^2) truncated at 2s with `prior_loc_stddev` s > 0.
+    loc_init = ("zeros" if cfg.prior_loc_stddev == 0 else
+                keras.initializers.TruncatedNormal(stddev=cfg.prior_loc_stddev))
+    self.prior_loc = self.add_weight(shape=(k, c), initializer=loc_init, name="prior_loc")
     # U_0 = L L^T with L lower triangular, diag(L) = softplus(raw) > 0: positive definite.
     softplus_inv_one = float(np.log(np.expm1(1.)))
     self.prior_scale_raw = self.add_weight(
@@ -325,6 +328,15 @@ class KanervaMachine(_GenerativeModel):
       return pred.mean(), pred.stddev()
     return memory.read(w), tf.constant(np.sqrt(self.config.noise_variance), tf.float32)
 
+  def q_z_params(self, embedding, prior_mean):
+    """(mean, scale) of q(z_t | x_t, y_t, M) `[..., C]` from the MLP on [e(x_t), w_t^T R]
+    (section 3.2). `read_posterior="residual"`: the MLP's mean output is a correction added
+    to the read, mean = w_t^T R + MLP_mean (the same family, reparameterised)."""
+    mean, scale = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
+    if self.config.read_posterior == "residual":
+      mean = prior_mean + mean
+    return mean, scale
+
   def _read_step(self, embedding, memory, training, seed):
     """One read: y ~ q(y|x), w, p(z|y,M), z ~ q(z|x,y,M). Returns a dict of tensors."""
     seeds = samplers.split_seed(seed, 3)
@@ -332,7 +344,7 @@ class KanervaMachine(_GenerativeModel):
     y = _sample_normal(mean_y, scale_y, seeds[1])
     w = self.addressing_weights(y)                                     # [.., K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [.., C]
-    mean_z, scale_z = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
+    mean_z, scale_z = self.q_z_params(embedding, prior_mean)
     z = _sample_normal(mean_z, scale_z, seeds[2])
     return dict(mean_y=mean_y, scale_y=scale_y, w=w, prior_mean=prior_mean,
                 prior_scale=prior_scale, mean_z=mean_z, scale_z=scale_z, z=z)
@@ -367,7 +379,7 @@ class KanervaMachine(_GenerativeModel):
     else:
       w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read [B, T, K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
-    mean_z, scale_z = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
+    mean_z, scale_z = self.q_z_params(embedding, prior_mean)
     z = _sample_normal(mean_z, scale_z, seeds[3])                      # [B, T, C]
     reconstruction = -self.log_likelihood(x, self.decode(z))          # [B, T]
     kl_y = diag_normal_kl(mean_y, scale_y, tf.zeros_like(mean_y), tf.ones_like(scale_y))

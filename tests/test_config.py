@@ -34,6 +34,9 @@ def test_dict_round_trip():
     (dict(write_method="online", chunk_size=0), "chunk_size must be a positive int"),
     (dict(noise_variance=0.), "noise_variance must be > 0"),
     (dict(y_noise_std=-1.), "y_noise_std must be >= 0"),
+    (dict(read_posterior="sum"), "read_posterior must be one of.*'sum'"),
+    (dict(prior_loc_stddev=-0.5), "prior_loc_stddev must be a float >= 0; got -0.5"),
+    (dict(prior_loc_stddev="1"), "prior_loc_stddev must be a float >= 0"),
 ])
 def test_bad_values_are_rejected(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -193,7 +193,8 @@ def test_resuming_a_run_saved_before_new_model_fields_were_added(mock_omniglot, 
   cfg = _train_config(train_steps=2, eval_every=0, image_every=0)
   training.train_and_evaluate(TINY, cfg, str(workdir))
   saved = runs.load_run_config(str(workdir))
-  for field in ("kernel_initializer", "reuse_write_address"):
+  for field in ("kernel_initializer", "reuse_write_address", "read_posterior",
+                "prior_loc_stddev"):
     del saved["model"][field]
   runs.save_run_config(str(workdir), saved)
   training.train_and_evaluate(TINY, _train_config(train_steps=4, eval_every=0, image_every=0),
