@@ -87,7 +87,22 @@ ABLATIONS = (
      "addresses may carry information about the image at a discount, after that the loss is "
      "eq. 12 (and the test bound is eq. 12 throughout). It tests whether the collapse of the "
      "addresses is an optimisation problem of the first steps."),
+    ("read_residual", "`--read_posterior=residual` (Kanerva Machine only)",
+     "The mean of q(z_t|x_t,y_t,M) is the read w_t^T R plus the MLP's mean output "
+     "(`ModelConfig.read_posterior`), so that following the memory costs the MLP nothing; by "
+     "default the MLP has to reproduce the read, shared offset included (code size column "
+     "above), through its ReLU layer. The loss is eq. 12 either way. It tests whether this "
+     "parameterisation keeps the Kanerva Machine from using its memory. Trained side by side "
+     "with the next run, one thread each."),
+    ("prior_loc", "`--prior_loc_stddev=1` (Kanerva Machine only)",
+     "R_0 starts as truncated N(0, 1) entries instead of zeros (`ModelConfig.prior_loc_stddev`), "
+     "as the memory module the authors released with their later Dynamic Kanerva Machine "
+     "initialises it (the Kanerva Machine paper does not say). The loss is eq. 12. It tests "
+     "whether a memory that returns address-dependent reads from the start makes the "
+     "addresses depend on the image."),
 )
+# Side runs summarised by the generic line of `_side_run_line` (the others have their own).
+GENERIC_SIDE_RUNS = ("read_residual", "prior_loc")
 
 EVAL_FLAGS = {
     "kanerva": ["--num_batches=4", "--episode_sizes=16,32,64,128,256",
@@ -227,11 +242,13 @@ def training_hours(records, max_gap=600.):
   return sum(b - a for a, b in zip(times, times[1:]) if b - a < max_gap) / 3600.
 
 
-def kl_z_dip(records, drop=0.3):
+def kl_z_dip(records, drop=0.3, after=1000):
   """(dipped, peak_step, peak, last_step, last) of the test KL(z) curve; `dipped` when the last
-  value is more than `drop` (a fraction) below the curve's peak."""
+  value is more than `drop` (a fraction) below the curve's peak from step `after` on (the
+  paper's dip starts at about step 2,000; a fall in the first steps, from where
+  initialisation put KL(z), is not one)."""
   tests = [r for r in records if r["split"] == "test"]
-  peak = max(tests, key=lambda r: r["kl_z"])
+  peak = max([r for r in tests if r["step"] >= after] or tests, key=lambda r: r["kl_z"])
   return (tests[-1]["kl_z"] < (1. - drop) * peak["kl_z"], peak["step"], peak["kl_z"],
           tests[-1]["step"], tests[-1]["kl_z"])
 
@@ -244,9 +261,11 @@ def _addressing_rows(label, path):
   a = ev.get("addressing")
   if not a:
     return []
+  codes = " | ".join("—" if a.get(k) is None else f"{a[k]:.2f}"
+                     for k in ("code_norm", "code_spread"))  # older eval.json: no such keys
   return [f"| {label} (step {ev['step']}) | {a['embedding_std']:.3f} | {a['q_y_scale']:.3f} | "
           f"{a['q_y_mean_std']:.3f} | {a['w_norm']:.2f} | {a['w_cos_same']:.3f} | "
-          f"{a['w_cos_other']:.3f} | {a['retrieval_r2']:.3f} |"]
+          f"{a['w_cos_other']:.3f} | {a['retrieval_r2']:.3f} | {codes} |"]
 
 
 def _load_json(*parts):
@@ -341,10 +360,38 @@ def _summary(args, curves, last):
       else:
         text += " the main run has no test bound at that step to compare with."
     lines.append(text)
+  main_km = {r["step"]: r for r in curves["kanerva"] if r["split"] == "test"}
+  for name, switch, _ in ABLATIONS:
+    if name in GENERIC_SIDE_RUNS:
+      lines += _side_run_line(args, name, switch, vae_tests, main_km)
   lines += ["- Whether the paper's numbers came from such a read cannot be settled from the "
             "paper; this implementation keeps eq. 12 as written (the default) and offers the "
             "switch only to study it.", ""]
   return lines
+
+
+def _side_run_line(args, name, switch, vae_tests, main_km):
+  """One summary bullet for a side run: its test bound beside the VAE's and the main Kanerva
+  Machine's at their last common step, and whether its KL(z) dips ([] if it has not run)."""
+  try:
+    records = read_metrics(os.path.join(args.runs_dir, name), "kanerva",
+                           os.path.join("results", name))
+  except SystemExit:
+    return []
+  tests = {r["step"]: r for r in records if r["split"] == "test"}
+  common = sorted(set(tests) & set(vae_tests) & set(main_km))
+  if not common:
+    return []
+  step = common[-1]
+  r, v, m = tests[step], vae_tests[step], main_km[step]
+  dipped, peak_step, peak, _, last_kl = kl_z_dip([x for x in records if x["step"] <= step])
+  better = r["loss"] < m["loss"] - 1.
+  return [f"- **{switch}** (side run below): at step {step} {r['loss']:.2f} nats vs the VAE's "
+          f"{v['loss']:.2f} and the main Kanerva Machine's {m['loss']:.2f} "
+          f"({'better than' if better else 'no better than'} the main run; KL(y) "
+          f"{r['kl_y']:.2f}, KL(z) {r['kl_z']:.2f}); its KL(z) "
+          + (f"dips (highest {peak:.2f} at step {peak_step}, {last_kl:.2f} at step {step})."
+             if dipped else f"shows no dip (highest {peak:.2f} at step {peak_step}).")]
 
 
 def seed_table(curves_by_seed):
@@ -452,9 +499,14 @@ def report(args):
               "scale, std of the q(y|x) mean across images, address norm, cosine between two "
               "address samples of the same image and between addresses of different images, "
               "and the fraction of the within-episode variation of the written codes that a "
-              "read recovers (0 = an episode average, 1 = exact recall).", "",
+              "read recovers (0 = an episode average, 1 = exact recall); then the size of the "
+              "written codes (root mean ‖z‖², z the mean of q(z|x)) and their spread within an "
+              "episode (root mean ‖z − episode mean‖²): a size far above the spread means the "
+              "codes share an offset that the memory returns for every image alike (— : "
+              "evaluated before these two were measured).", "",
               "| checkpoint | e std | q(y) scale | q(y) mean std | ‖w‖ | cos(w, w′) same image "
-              "| cos(w) other images | retrieval R² |", "|---|---|---|---|---|---|---|---|"] + rows
+              "| cos(w) other images | retrieval R² | code size | code spread |",
+              "|---|---|---|---|---|---|---|---|---|---|"] + rows
 
   lines += _seeds_section(args, curves)
 

@@ -309,7 +309,11 @@ def address_diagnostics(model, episode, seed=0):
     retrieval_r2: 1 - sum_t ||w'_t^T R - z_t||^2 / sum_t ||z_t - mean_t z_t||^2, with R the
       posterior mean after writing the episode (eq. 9-11) with addresses w and z_t the mean
       of q(z_t|x_t): the fraction of the within-episode variation of the written codes that a
-      read recovers. 0 = the read gives the episode average, 1 = exact recall.
+      read recovers. 0 = the read gives the episode average, 1 = exact recall;
+    code_norm: sqrt(mean_t ||z_t||^2), the size of the written codes;
+    code_spread: sqrt(mean_t ||z_t - mean_t z_t||^2), their within-episode spread; a
+      code_norm far above code_spread means the codes share an offset that the memory
+      stores for every image alike.
 
   Returns:
     dict of Python floats (JSON-serialisable) with the keys above.
@@ -344,6 +348,8 @@ def address_diagnostics(model, episode, seed=0):
       "w_cos_same": float(tf.reduce_mean(tf.reduce_sum(unit * unit_read, -1))),
       "w_cos_other": float(other) if t > 1 else None,  # episodes of one image: no pairs
       "retrieval_r2": float(r2),
+      "code_norm": float(tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(z), -1)))),
+      "code_spread": float(tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(centred), -1)))),
   }
 
 

@@ -370,7 +370,8 @@ def test_eval_script_on_real_omniglot(tmp_path):
 
 # ----------------------------------------------------------------------------- address_diagnostics
 def _numpy_retrieval_r2(model, x, seed):
-  """retrieval_r2 recomputed independently: numpy Gaussian conditioning (eq. 9-11) per episode."""
+  """retrieval_r2 recomputed independently: numpy Gaussian conditioning (eq. 9-11) per episode;
+  also code_norm and code_spread."""
   from tensorflow_probability.python.internal import samplers  # pylint: disable=g-import-not-at-top
   seeds = samplers.split_seed(kt.model.stateless_seed(seed), 2)
   e = model.encoder(x)
@@ -387,7 +388,8 @@ def _numpy_retrieval_r2(model, x, seed):
     r = r0 + u0 @ w[b].T @ np.linalg.solve(sigma_z, z[b] - w[b] @ r0)
     num += np.sum((w_read[b] @ r - z[b]) ** 2)
     den += np.sum((z[b] - z[b].mean(0)) ** 2)
-  return 1. - num / den
+  return 1. - num / den, np.sqrt(np.mean(np.sum(z ** 2, -1))), np.sqrt(np.mean(np.sum(
+      (z - z.mean(1, keepdims=True)) ** 2, -1)))
 
 
 def test_address_diagnostics_match_numpy_and_detect_image_independent_addresses():
@@ -399,8 +401,12 @@ def test_address_diagnostics_match_numpy_and_detect_image_independent_addresses(
   model(x)
   d = evaluation.address_diagnostics(model, x, seed=3)
   assert set(d) == {"embedding_std", "q_y_scale", "q_y_mean_std", "w_norm", "w_cos_same",
-                    "w_cos_other", "retrieval_r2"}
-  assert d["retrieval_r2"] == pytest.approx(_numpy_retrieval_r2(model, x, 3), abs=1e-3)
+                    "w_cos_other", "retrieval_r2", "code_norm", "code_spread"}
+  r2, code_norm, code_spread = _numpy_retrieval_r2(model, x, 3)
+  assert d["retrieval_r2"] == pytest.approx(r2, abs=1e-3)
+  assert d["code_norm"] == pytest.approx(code_norm, rel=1e-4)
+  assert d["code_spread"] == pytest.approx(code_spread, rel=1e-4)
+  assert 0 < d["code_spread"] < d["code_norm"]
   assert d["embedding_std"] > 0 and d["q_y_scale"] > 0 and d["w_norm"] > 0
   assert -1 <= d["w_cos_other"] <= 1 and -1 <= d["w_cos_same"] <= 1
   # Force q(y|x) to N(1, 0.01^2) for every image: the addresses stop depending on the image,

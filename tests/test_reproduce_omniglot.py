@@ -31,12 +31,16 @@ def test_training_hours_leaves_out_pauses(rep):
 
 
 def test_kl_z_dip_detects_a_fall_from_the_peak(rep):
-  rising = [_test(s, 200., kl) for s, kl in ((250, 5.), (500, 10.), (750, 12.))]
-  assert rep.kl_z_dip(rising) == (False, 750, 12., 750, 12.)
-  dipping = rising + [_test(1000, 190., 3.)]
-  assert rep.kl_z_dip(dipping) == (True, 750, 12., 1000, 3.)
-  small_fall = rising + [_test(1000, 190., 10.)]  # 17 % below the peak: not a dip
+  rising = [_test(s, 200., kl) for s, kl in ((1000, 5.), (1500, 10.), (2000, 12.))]
+  assert rep.kl_z_dip(rising) == (False, 2000, 12., 2000, 12.)
+  dipping = rising + [_test(3000, 190., 3.)]
+  assert rep.kl_z_dip(dipping) == (True, 2000, 12., 3000, 3.)
+  small_fall = rising + [_test(3000, 190., 10.)]  # 17 % below the peak: not a dip
   assert rep.kl_z_dip(small_fall)[0] is False
+  # A fall from where initialisation put KL(z), before step 1000, is not a dip.
+  early_fall = [_test(250, 250., 18.), _test(500, 220., 12.)] + rising
+  assert rep.kl_z_dip(early_fall) == (False, 2000, 12., 2000, 12.)
+  assert rep.kl_z_dip(early_fall[:2])[0] is True  # no test point from step 1000 on: all count
 
 
 def test_comparison_rows_and_verdict(rep):
