@@ -215,8 +215,17 @@ class _Worker:
     self.proc.wait()
 
 
-def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
+def _worker_argv(args):
+  """The worker's command-line arguments, rebuilt from the parsed ones (so that every flag
+  spelling, `--rounds 7` or `--rounds=7`, reaches it alike); the oneDNN setting goes by
+  environment instead."""
+  return ([f"--batch_size={args.batch_size}", f"--episode_length={args.episode_length}",
+           f"--steps={args.steps}", f"--rounds={args.rounds}", f"--configs={args.configs}"]
+          + (["--quick"] if args.quick else []))
+
+
+def parse_args(argv):
+  """The parsed and checked arguments (`args.settings`: the oneDNN settings as a list)."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--episode_length", type=int, default=32)
@@ -242,10 +251,18 @@ def main(argv=None):
   if args.quick:
     args.batch_size, args.episode_length, args.steps, args.rounds = 2, 4, 2, 2
   args.configs = ",".join(configs)
+  args.settings = settings
+  return args
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = parse_args(argv)
+  settings, configs = args.settings, args.configs.split(",")
   if args.worker:
     return _worker(args)
 
-  worker_argv = [a for a in argv if not a.startswith("--onednn")]
+  worker_argv = _worker_argv(args)
   print(f"# bench/step_time.py — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
   print(f"# machine: {_machine()}")
   print(f"# command: python bench/step_time.py {' '.join(argv)}")

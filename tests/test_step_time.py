@@ -51,3 +51,16 @@ def test_kanerva_before_is_the_same_model_with_the_old_ops():
     np.testing.assert_allclose(g_b, g, rtol=1e-4, atol=1e-5)
   assert ops_b.count("Einsum") > ops.count("Einsum")            # einsum addressing is back
   assert ops_b.count("StridedSlice") > ops.count("StridedSlice")  # so are the no-op slices
+
+
+def test_worker_gets_the_same_arguments_whatever_the_flag_spelling():
+  """`--rounds 7` (space) reached the worker as a stray `7` before: the worker's arguments are
+  rebuilt from the parsed ones."""
+  st = _step_time()
+  for argv in (["--onednn", "1", "--rounds", "7", "--configs", "vae,kanerva"],
+               ["--onednn=1", "--rounds=7", "--configs=vae,kanerva"]):
+    args = st.parse_args(argv)
+    worker = st.parse_args(["--worker"] + st._worker_argv(args))  # pylint: disable=protected-access
+    assert worker.worker and (worker.rounds, worker.configs) == (7, "vae,kanerva")
+    assert (worker.batch_size, worker.episode_length, worker.steps) == (16, 32, 5)
+    assert args.settings == ["1"]
