@@ -306,6 +306,11 @@ def _summary(args, curves, last):
         + (f"{recall:.0%} of" if recall > 0 else "none of")
         + f" the within-episode variation of the written codes (R² {recall:.2f})"
         + ("." if recall > 0.25 else ": the memory holds an episode summary, not the images.")
+        + (f" The written codes (means of q(z|x)) have size {a['code_norm']:.1f} but vary "
+           f"within an episode by only {a['code_spread']:.1f} (root mean squares): "
+           + ("mostly a shared offset, which the memory stores and returns for every image "
+              "alike." if a["code_norm"] > 3. * a["code_spread"] else
+              "no large shared offset.") if a.get("code_norm") is not None else "")
         + " Bound vs classes per episode (more redundancy with fewer classes): table below.")
   try:
     reuse_curve = read_metrics(os.path.join(args.runs_dir, "reuse_address"), "kanerva",
