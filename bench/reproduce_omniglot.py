@@ -369,10 +369,22 @@ def _summary(args, curves, last):
   for name, switch, _ in ABLATIONS:
     if name in GENERIC_SIDE_RUNS:
       lines += _side_run_line(args, name, switch, vae_tests, main_km)
-  lines += ["- Whether the paper's numbers came from such a read cannot be settled from the "
+  lines += ["- Whether the paper's numbers came from a read that reuses the write's address "
+            "sample cannot be settled from the "
             "paper; this implementation keeps eq. 12 as written (the default) and offers the "
             "switch only to study it.", ""]
   return lines
+
+
+def compare_bounds(run, reference):
+  """'better than' / 'worse than' / 'level, within X nats, with': two test records' bounds,
+  level when within two standard errors of their difference (from `loss_stderr`)."""
+  margin = 2. * (run.get("loss_stderr", 0.) ** 2 + reference.get("loss_stderr", 0.) ** 2) ** 0.5
+  if run["loss"] < reference["loss"] - margin:
+    return "better than"
+  if run["loss"] > reference["loss"] + margin:
+    return "worse than"
+  return f"level, within {margin:.1f} nats, with"
 
 
 def _side_run_line(args, name, switch, vae_tests, main_km):
@@ -390,10 +402,10 @@ def _side_run_line(args, name, switch, vae_tests, main_km):
   step = common[-1]
   r, v, m = tests[step], vae_tests[step], main_km[step]
   dipped, peak_step, peak, _, last_kl = kl_z_dip([x for x in records if x["step"] <= step])
-  better = r["loss"] < m["loss"] - 1.
+  verdict = compare_bounds(r, m)
   return [f"- **{switch}** (side run below): at step {step} {r['loss']:.2f} nats vs the VAE's "
           f"{v['loss']:.2f} and the main Kanerva Machine's {m['loss']:.2f} "
-          f"({'better than' if better else 'no better than'} the main run; KL(y) "
+          f"({verdict} the main run; KL(y) "
           f"{r['kl_y']:.2f}, KL(z) {r['kl_z']:.2f}); its KL(z) "
           + (f"dips (highest {peak:.2f} at step {peak_step}, {last_kl:.2f} at step {step})."
              if dipped else f"shows no dip (highest {peak:.2f} at step {peak_step}).")]

@@ -94,3 +94,12 @@ def test_up_to_date_needs_same_checkpoint_and_flags(rep, tmp_path):
   assert not rep.up_to_date(str(eval_json), str(workdir), flags + ["--nofigures"])
   (workdir / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-750"\n')
   assert not rep.up_to_date(str(eval_json), str(workdir), flags)  # a newer checkpoint
+
+
+def test_compare_bounds_uses_two_standard_errors(rep):
+  main = {"loss": 150., "loss_stderr": 1.2}
+  assert rep.compare_bounds({"loss": 145.9, "loss_stderr": 1.6}, main) == "better than"
+  assert rep.compare_bounds({"loss": 154.1, "loss_stderr": 1.6}, main) == "worse than"
+  assert rep.compare_bounds({"loss": 151.3, "loss_stderr": 1.6}, main) == (
+      "level, within 4.0 nats, with")  # 2 * sqrt(1.2^2 + 1.6^2) = 4.0
+  assert rep.compare_bounds({"loss": 150.5}, {"loss": 150.}) == "worse than"  # no stderr: 0
