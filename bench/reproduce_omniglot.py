@@ -359,9 +359,8 @@ def _summary(args, curves, last):
                f"recovers much of a written code (retrieval R² {a['retrieval_r2']:.2f});")
       main_km = {r["step"]: r for r in curves["kanerva"] if r["split"] == "test"}.get(step)
       if main_km:
-        better = r["loss"] < main_km["loss"] - 1.
-        text += (f" the bound is {'better than' if better else 'no better than'} the main "
-                 f"run's at the same step ({main_km['loss']:.2f}).")
+        text += (f" the bound is {compare_bounds(r, main_km)} the main run's at the same step "
+                 f"({main_km['loss']:.2f}).")
       else:
         text += " the main run has no test bound at that step to compare with."
     lines.append(text)
