@@ -42,6 +42,12 @@ def define_flags():
   flags.DEFINE_integer("memory_size", None, "K (default: preset; omniglot 64, cifar 128).",
                        lower_bound=1)
   flags.DEFINE_integer("address_size", None, "S (default: preset, 50).", lower_bound=1)
+  flags.DEFINE_integer("y_size", None, "Dimension of the addressing variable y (default: "
+                       "preset, 50).", lower_bound=1)
+  flags.DEFINE_float("y_noise_std", None, "Std of the N(0, s^2) noise on the input of q(y|x) "
+                     "in training (default: preset, 0.2 as in Appendix C).", lower_bound=0.)
+  flags.DEFINE_float("noise_variance", None, "sigma^2 of p(z|y,M) (eq. 6; default: preset, 1 "
+                     "as in the paper).", lower_bound=0.)
   flags.DEFINE_integer("num_filters", None, "Conv filters (default: preset; 16 / 32).",
                        lower_bound=1)
   flags.DEFINE_enum("likelihood", None, ["bernoulli", "gaussian"],
@@ -102,7 +108,8 @@ def configs_from_flags():
       jit_compile=FLAGS.jit_compile, export=FLAGS.export,
       kl_y_warmup_steps=FLAGS.kl_y_warmup_steps)
   overrides = {k: getattr(FLAGS, k) for k in (
-      "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size")
+      "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size",
+      "y_size", "y_noise_std", "noise_variance")
                if getattr(FLAGS, k) is not None}
   overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
                    distribution_memory=FLAGS.distribution_memory,
