@@ -276,8 +276,27 @@ def _load_json(*parts):
     return json.load(f)
 
 
-def _summary(args, curves, last):
-  """The findings, with every number read from the metrics / eval.json files."""
+def side_run_curves(args):
+  """{name: {"kanerva": records[, "vae": records]}} of each side run of ABLATIONS that has
+  Kanerva Machine metrics (read once, copied to results/<name>/); a side run without its own
+  VAE run has no "vae" entry."""
+  found = {}
+  for name, _, _ in ABLATIONS:
+    runs = {}
+    for m in MODELS:
+      try:
+        runs[m] = read_metrics(os.path.join(args.runs_dir, name), m,
+                               os.path.join("results", name))
+      except SystemExit:
+        pass
+    if "kanerva" in runs:
+      found[name] = runs
+  return found
+
+
+def _summary(curves, last, side):
+  """The findings, with every number read from the metrics / eval.json files; `side` is
+  `side_run_curves(args)`."""
   lines = ["## Summary", ""]
   main_eval = _load_json("results", "omniglot_kanerva_eval", "eval.json")
   if last:
@@ -312,12 +331,8 @@ def _summary(args, curves, last):
               "alike." if a["code_norm"] > 3. * a["code_spread"] else
               "no large shared offset.") if a.get("code_norm") is not None else "")
         + " Bound vs classes per episode (more redundancy with fewer classes): table below.")
-  try:
-    reuse_curve = read_metrics(os.path.join(args.runs_dir, "reuse_address"), "kanerva",
-                               os.path.join("results", "reuse_address"))
-    reuse_tests = {r["step"]: r for r in reuse_curve if r["split"] == "test"}
-  except SystemExit:
-    reuse_tests = {}
+  reuse_tests = {r["step"]: r for r in side.get("reuse_address", {}).get("kanerva", [])
+                 if r["split"] == "test"}
   a = _load_json("results", "reuse_address", "omniglot_kanerva_eval", "eval.json")
   b = _load_json("results", "reuse_address", "omniglot_kanerva_eval_eq12", "eval.json")
   vae_tests = {r["step"]: r for r in curves["vae"] if r["split"] == "test"}
@@ -337,12 +352,8 @@ def _summary(args, curves, last):
         f"any other address sample returns the wrong code. Its memory holds "
         f"{a['bound']['kl_memory']:.1f} nats per image (KL(q(M|X) ‖ p(M)) / T), which eq. 12 "
         f"does not charge for.")
-  try:
-    warm = {r["step"]: r for r in read_metrics(os.path.join(args.runs_dir, "kl_y_warmup"),
-                                               "kanerva", os.path.join("results", "kl_y_warmup"))
-            if r["split"] == "test"}
-  except SystemExit:
-    warm = {}
+  warm = {r["step"]: r for r in side.get("kl_y_warmup", {}).get("kanerva", [])
+          if r["split"] == "test"}
   wcommon = sorted(set(warm) & set(vae_tests))
   w_eval = _load_json("results", "kl_y_warmup", "omniglot_kanerva_eval", "eval.json")
   if wcommon:
@@ -366,8 +377,8 @@ def _summary(args, curves, last):
     lines.append(text)
   main_km = {r["step"]: r for r in curves["kanerva"] if r["split"] == "test"}
   for name, switch, _ in ABLATIONS:
-    if name in GENERIC_SIDE_RUNS:
-      lines += _side_run_line(args, name, switch, vae_tests, main_km)
+    if name in GENERIC_SIDE_RUNS and name in side:
+      lines += _side_run_line(side[name]["kanerva"], switch, vae_tests, main_km)
   lines += ["- Whether the paper's numbers came from a read that reuses the write's address "
             "sample cannot be settled from the "
             "paper; this implementation keeps eq. 12 as written (the default) and offers the "
@@ -386,14 +397,10 @@ def compare_bounds(run, reference):
   return f"level, within {margin:.1f} nats, with"
 
 
-def _side_run_line(args, name, switch, vae_tests, main_km):
-  """One summary bullet for a side run: its test bound beside the VAE's and the main Kanerva
-  Machine's at their last common step, and whether its KL(z) dips ([] if it has not run)."""
-  try:
-    records = read_metrics(os.path.join(args.runs_dir, name), "kanerva",
-                           os.path.join("results", name))
-  except SystemExit:
-    return []
+def _side_run_line(records, switch, vae_tests, main_km):
+  """One summary bullet for a side run's Kanerva Machine `records`: its test bound beside the
+  VAE's and the main Kanerva Machine's at their last common step, and whether its KL(z) dips
+  ([] if they share no test step)."""
   tests = {r["step"]: r for r in records if r["split"] == "test"}
   common = sorted(set(tests) & set(vae_tests) & set(main_km))
   if not common:
@@ -463,6 +470,7 @@ def report(args):
   plot(curves, os.path.join(REPO, png))
   table, last = _comparison(curves, every=1000, dense_until=2000)
   hours = {m: training_hours(curves[m]) for m in MODELS}
+  side = side_run_curves(args)
   lines = [
       "# Results: Kanerva Machine vs matched VAE on Omniglot",
       "",
@@ -489,7 +497,7 @@ def report(args):
       "",
   ] + table
   lines = lines[:lines.index("## Test bound (negative variational lower bound per sample, nats)")] \
-      + _summary(args, curves, last) + lines[lines.index(
+      + _summary(curves, last, side) + lines[lines.index(
           "## Test bound (negative variational lower bound per sample, nats)"):]
   if last:
     step, k, v = last
@@ -559,16 +567,9 @@ def report(args):
             "bound_vs_episode_size")) + "."]
 
   for name, switch, why in ABLATIONS:
-    ablation = {}
-    for m in MODELS:
-      try:
-        ablation[m] = read_metrics(os.path.join(args.runs_dir, name), m,
-                                   os.path.join("results", name))
-      except SystemExit:
-        if m == "vae":
-          ablation[m] = curves["vae"]  # compared with the main VAE run
-    if "kanerva" not in ablation:
+    if name not in side:
       continue
+    ablation = {"vae": curves["vae"], **side[name]}  # the main VAE run unless it has its own
     own_vae = os.path.exists(os.path.join(REPO, "results", name, "omniglot_vae_metrics.jsonl"))
     gpng = os.path.join("results", name, "omniglot_curves.png")
     plot(ablation, os.path.join(REPO, gpng))

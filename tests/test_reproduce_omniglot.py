@@ -103,3 +103,22 @@ def test_compare_bounds_uses_two_standard_errors(rep):
   assert rep.compare_bounds({"loss": 151.3, "loss_stderr": 1.6}, main) == (
       "level, within 4.0 nats, with")  # 2 * sqrt(1.2^2 + 1.6^2) = 4.0
   assert rep.compare_bounds({"loss": 150.5}, {"loss": 150.}) == "worse than"  # no stderr: 0
+
+
+def test_side_run_curves_reads_each_run_once_with_its_own_vae_if_any(rep, tmp_path, monkeypatch):
+  """A side run with both models, one with the Kanerva Machine only (no "vae" entry), and one
+  not run (absent); each run's metrics are copied to results/<name>/ under the repository."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(rep, "REPO", str(tmp_path / "repo"))
+  runs = tmp_path / "runs"
+  for name, model, loss in (("he_normal", "kanerva", 150.), ("he_normal", "vae", 140.),
+                            ("prior_loc", "kanerva", 151.)):
+    path = runs / name / f"omniglot_{model}"
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_text(json.dumps(_test(250, loss, 10.)) + "\n")
+  side = rep.side_run_curves(argparse.Namespace(runs_dir=str(runs)))
+  assert set(side) == {"he_normal", "prior_loc"}
+  assert set(side["he_normal"]) == {"kanerva", "vae"} and set(side["prior_loc"]) == {"kanerva"}
+  assert side["he_normal"]["vae"][0]["loss"] == 140.
+  assert (tmp_path / "repo" / "results" / "prior_loc" / "omniglot_kanerva_metrics.jsonl").exists()
