@@ -64,8 +64,9 @@ def define_flags():
                        "N) in the training loss (0 = off: eq. 12 throughout).", lower_bound=0)
   flags.DEFINE_bool("reuse_write_address", False, "Experiment switch, NOT eq. 12: read x_t with "
                     "the address sample that wrote it (see kanerva_tf.ModelConfig).")
-  flags.DEFINE_enum("read_posterior", "concat", ["concat", "residual"], "Kanerva Machine: "
-                    "q(z|x,y,M) mean from the MLP (concat) or read + MLP output (residual).")
+  flags.DEFINE_enum("read_posterior", "concat", ["concat", "residual", "encoder_skip"],
+                    "Kanerva Machine: q(z|x,y,M) mean from the MLP (concat), read + MLP output "
+                    "(residual), or mean of q(z|x) + MLP output (encoder_skip).")
   flags.DEFINE_float("prior_loc_stddev", 0., "Kanerva Machine: initial R_0 entries "
                      "~ truncated N(0, s^2) (0 = zeros).", lower_bound=0.)
   # Optimisation and distribution.

@@ -7,7 +7,7 @@ from kanerva_tf.memory import WRITE_METHODS
 from kanerva_tf.networks import KERNEL_INITIALIZER
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-READ_POSTERIORS = ("concat", "residual")
+READ_POSTERIORS = ("concat", "residual", "encoder_skip")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
 
 
@@ -43,7 +43,9 @@ class ModelConfig:
     read_posterior: parameterisation of q(z_t | x_t, y_t, M), an MLP on [e(x_t), w_t^T R]
       (section 3.2 fixes only its input): "concat" (default) takes its mean from the MLP;
       "residual" adds the MLP's mean output to the read w_t^T R, so that following the memory
-      is the MLP's zero output. Both are eq. 12; they differ in what is easy to learn.
+      is the MLP's zero output; "encoder_skip" adds it to the mean of q(z_t|x_t) (the code
+      that is written), so that the code read is the written code plus a correction, as the
+      VAE's code is the encoder's. All are eq. 12; they differ in what is easy to learn.
     prior_loc_stddev: initial R_0 is zeros (0, default) or truncated N(0, s^2) entries (s > 0,
       as the memory module of the authors' later Dynamic Kanerva Machine initialises it).
   """

@@ -331,10 +331,13 @@ class KanervaMachine(_GenerativeModel):
   def q_z_params(self, embedding, prior_mean):
     """(mean, scale) of q(z_t | x_t, y_t, M) `[..., C]` from the MLP on [e(x_t), w_t^T R]
     (section 3.2). `read_posterior="residual"`: the MLP's mean output is a correction added
-    to the read, mean = w_t^T R + MLP_mean (the same family, reparameterised)."""
+    to the read, mean = w_t^T R + MLP_mean; "encoder_skip": added to the mean of q(z_t|x_t),
+    mean = e_mean(x_t) + MLP_mean (the same family, reparameterised)."""
     mean, scale = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
     if self.config.read_posterior == "residual":
       mean = prior_mean + mean
+    elif self.config.read_posterior == "encoder_skip":
+      mean = _split_normal(embedding)[0] + mean
     return mean, scale
 
   def _read_step(self, embedding, memory, training, seed):

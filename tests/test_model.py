@@ -184,6 +184,24 @@ def test_residual_read_posterior_option():
   np.testing.assert_allclose(a["kl_y"], b["kl_y"], rtol=1e-6)  # same addresses
 
 
+def test_encoder_skip_read_posterior_option():
+  """read_posterior="encoder_skip": q(z|x,y,M)'s mean is the mean of q(z|x) (the first C
+  entries of the embedding, the written code) plus the MLP's mean output; same scale; the
+  loss is still the sum of eq. 12's terms."""
+  x = _binary((2, 4, 8, 8, 1))
+  concat, skip = _twins(x, read_posterior="encoder_skip")
+  embedding = concat.encoder(x)
+  prior_mean = tf.random.stateless_normal([2, 4, TINY.code_size], (3, 3))
+  mean_c, scale_c = concat.q_z_params(embedding, prior_mean)
+  mean_s, scale_s = skip.q_z_params(embedding, prior_mean)
+  np.testing.assert_allclose(mean_s, embedding[..., :TINY.code_size] + mean_c,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(scale_s, scale_c)
+  a, b = concat(x, seed=(1, 1)), skip(x, seed=(1, 1))
+  assert abs(float(a["kl_z"]) - float(b["kl_z"])) > 1e-4
+  np.testing.assert_allclose(b["loss"], b["reconstruction"] + b["kl_y"] + b["kl_z"], rtol=1e-5)
+
+
 def test_prior_loc_stddev_initialises_r0():
   """R_0 starts at zeros by default and as truncated N(0, s^2) (|entries| <= 2s) with
   prior_loc_stddev=s; U_0 is unchanged."""
