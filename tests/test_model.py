@@ -167,39 +167,25 @@ def test_reuse_write_address_option():
     kt.ModelConfig(reuse_write_address=1)
 
 
-def test_residual_read_posterior_option():
-  """read_posterior="residual": q(z|x,y,M)'s mean is the read w^T R plus the MLP's mean
-  output (the same MLP, the same scale); the loss is still the sum of eq. 12's terms."""
+@pytest.mark.parametrize("option", ["residual", "encoder_skip"])
+def test_read_posterior_options(option):
+  """q(z|x,y,M)'s mean is the MLP's mean output plus the read w^T R ("residual") or plus the
+  mean of q(z|x), the first C entries of the embedding, i.e. the written code
+  ("encoder_skip"); the same MLP, the same scale; the loss is still the sum of eq. 12's
+  terms, with the same addresses."""
   x = _binary((2, 4, 8, 8, 1))
-  concat, residual = _twins(x, read_posterior="residual")
+  concat, other = _twins(x, read_posterior=option)
   embedding = concat.encoder(x)
   prior_mean = tf.random.stateless_normal([2, 4, TINY.code_size], (3, 3))
   mean_c, scale_c = concat.q_z_params(embedding, prior_mean)
-  mean_r, scale_r = residual.q_z_params(embedding, prior_mean)
-  np.testing.assert_allclose(mean_r, prior_mean + mean_c, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(scale_r, scale_c)
-  a, b = concat(x, seed=(1, 1)), residual(x, seed=(1, 1))
+  mean_o, scale_o = other.q_z_params(embedding, prior_mean)
+  offset = prior_mean if option == "residual" else embedding[..., :TINY.code_size]
+  np.testing.assert_allclose(mean_o, offset + mean_c, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(scale_o, scale_c)
+  a, b = concat(x, seed=(1, 1)), other(x, seed=(1, 1))
   assert abs(float(a["kl_z"]) - float(b["kl_z"])) > 1e-4
   np.testing.assert_allclose(b["loss"], b["reconstruction"] + b["kl_y"] + b["kl_z"], rtol=1e-5)
   np.testing.assert_allclose(a["kl_y"], b["kl_y"], rtol=1e-6)  # same addresses
-
-
-def test_encoder_skip_read_posterior_option():
-  """read_posterior="encoder_skip": q(z|x,y,M)'s mean is the mean of q(z|x) (the first C
-  entries of the embedding, the written code) plus the MLP's mean output; same scale; the
-  loss is still the sum of eq. 12's terms."""
-  x = _binary((2, 4, 8, 8, 1))
-  concat, skip = _twins(x, read_posterior="encoder_skip")
-  embedding = concat.encoder(x)
-  prior_mean = tf.random.stateless_normal([2, 4, TINY.code_size], (3, 3))
-  mean_c, scale_c = concat.q_z_params(embedding, prior_mean)
-  mean_s, scale_s = skip.q_z_params(embedding, prior_mean)
-  np.testing.assert_allclose(mean_s, embedding[..., :TINY.code_size] + mean_c,
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(scale_s, scale_c)
-  a, b = concat(x, seed=(1, 1)), skip(x, seed=(1, 1))
-  assert abs(float(a["kl_z"]) - float(b["kl_z"])) > 1e-4
-  np.testing.assert_allclose(b["loss"], b["reconstruction"] + b["kl_y"] + b["kl_z"], rtol=1e-5)
 
 
 def test_prior_loc_stddev_initialises_r0():
