@@ -100,12 +100,14 @@ ABLATIONS = (
      "initialises it (the Kanerva Machine paper does not say). The loss is eq. 12. It tests "
      "whether a memory that returns address-dependent reads from the start makes the "
      "addresses depend on the image."),
-    ("lr3e-4", "`--learning_rate=3e-4` (Kanerva Machine only)",
+    ("lr3e-4", "`--learning_rate=3e-4` (both models)",
      "Adam with 3×10⁻⁴ instead of 1×10⁻⁴; the paper found the Kanerva Machine robust to "
      "learning rates from 3×10⁻⁵ to 3×10⁻⁴, all converging below 70 nats (section 4.4). If "
      "the KL(z) dip were an optimisation event that this implementation only reaches later "
      "than the paper's step ~2,000, a three times larger step should bring it sooner. The "
-     "loss is eq. 12. Trained side by side with the next run, one thread each."),
+     "loss is eq. 12. The VAE is trained with the same learning rate, so that the pair is "
+     "compared at equal footing (the Kanerva Machine side by side with the y_noise0 run, the "
+     "VAE with the encoder_skip run, one thread each)."),
     ("y_noise0", "`--y_noise_std=0` (Kanerva Machine only)",
      "No noise on the input of q(y|x). The paper adds N(0, 0.2²) noise there, \"possibly by "
      "restricting the information in the addresses\" (Appendix C); the encoder output that "
@@ -397,7 +399,7 @@ def _summary(curves, last, side):
   main_km = {r["step"]: r for r in curves["kanerva"] if r["split"] == "test"}
   for name, switch, _ in ABLATIONS:
     if name in GENERIC_SIDE_RUNS and name in side:
-      lines += _side_run_line(side[name]["kanerva"], switch, vae_tests, main_km)
+      lines += _side_run_line(side[name], switch, vae_tests, main_km)
   lines += ["- Whether the paper's numbers came from a read that reuses the write's address "
             "sample cannot be settled from the "
             "paper; this implementation keeps eq. 12 as written (the default) and offers the "
@@ -416,22 +418,34 @@ def compare_bounds(run, reference):
   return f"level, within {margin:.1f} nats, with"
 
 
-def _side_run_line(records, switch, vae_tests, main_km):
-  """One summary bullet for a side run's Kanerva Machine `records`: its test bound beside the
-  VAE's and the main Kanerva Machine's at their last common step, and whether its KL(z) dips
-  ([] if they share no test step)."""
+def _side_run_line(side_run, switch, vae_tests, main_km):
+  """One summary bullet for a side run (`{"kanerva": records[, "vae": records]}`) at the last
+  test step it shares with the main runs: its Kanerva Machine's bound beside the main VAE's
+  and the main Kanerva Machine's, or, when the side run trained its own VAE with the same
+  switch, beside that VAE's (the main pair then quoted for scale); whether its KL(z) dips.
+  [] if there is no common step."""
+  records = side_run["kanerva"]
   tests = {r["step"]: r for r in records if r["split"] == "test"}
-  common = sorted(set(tests) & set(vae_tests) & set(main_km))
+  own_vae = {r["step"]: r for r in side_run.get("vae", []) if r["split"] == "test"}
+  common = set(tests) & set(vae_tests) & set(main_km)
+  if own_vae:
+    common &= set(own_vae)
   if not common:
     return []
-  step = common[-1]
+  step = max(common)
   r, v, m = tests[step], vae_tests[step], main_km[step]
   dipped, peak_step, peak, _, last_kl = kl_z_dip([x for x in records if x["step"] <= step])
-  verdict = compare_bounds(r, m)
-  return [f"- **{switch}** (side run below): at step {step} {r['loss']:.2f} nats vs the VAE's "
-          f"{v['loss']:.2f} and the main Kanerva Machine's {m['loss']:.2f} "
-          f"({verdict} the main run; KL(y) "
-          f"{r['kl_y']:.2f}, KL(z) {r['kl_z']:.2f}); its KL(z) "
+  if own_vae:
+    o = own_vae[step]
+    head = (f"- **{switch}** (side run below, with a VAE trained with the same switch): at step "
+            f"{step} the Kanerva Machine scores {r['loss']:.2f} nats vs that VAE's "
+            f"{o['loss']:.2f} ({compare_bounds(r, o)} it; the main pair at this step: "
+            f"{m['loss']:.2f} vs {v['loss']:.2f});")
+  else:
+    head = (f"- **{switch}** (side run below): at step {step} {r['loss']:.2f} nats vs the "
+            f"VAE's {v['loss']:.2f} and the main Kanerva Machine's {m['loss']:.2f} "
+            f"({compare_bounds(r, m)} the main run);")
+  return [head + f" KL(y) {r['kl_y']:.2f}, KL(z) {r['kl_z']:.2f}; its KL(z) "
           + (f"dips (highest {peak:.2f} at step {peak_step}, {last_kl:.2f} at step {step})."
              if dipped else f"shows no dip (highest {peak:.2f} at step {peak_step}).")]
 

@@ -122,3 +122,17 @@ def test_side_run_curves_reads_each_run_once_with_its_own_vae_if_any(rep, tmp_pa
   assert set(side["he_normal"]) == {"kanerva", "vae"} and set(side["prior_loc"]) == {"kanerva"}
   assert side["he_normal"]["vae"][0]["loss"] == 140.
   assert (tmp_path / "repo" / "results" / "prior_loc" / "omniglot_kanerva_metrics.jsonl").exists()
+
+
+def test_side_run_line_compares_with_its_own_vae_when_it_has_one(rep):
+  main_km = {s: _test(s, 150. - s / 1000., 19.) for s in (4750, 5000)}
+  main_vae = {s: _test(s, 136., 27.) for s in (4750, 5000)}
+  km = [_test(s, 131., kl) for s, kl in ((1000, 12.), (4750, 25.), (5000, 26.))]
+  plain = rep._side_run_line({"kanerva": km}, "`--x`", main_vae, main_km)  # pylint: disable=protected-access
+  assert len(plain) == 1 and "at step 5000 131.00 nats vs the VAE's 136.00" in plain[0]
+  assert "better than the main run" in plain[0] and "shows no dip" in plain[0]
+  own = [_test(s, 125., 30.) for s in (1000, 4750)]  # the side run's own VAE stops at 4750
+  line = rep._side_run_line({"kanerva": km, "vae": own}, "`--x`", main_vae, main_km)[0]  # pylint: disable=protected-access
+  assert "at step 4750 the Kanerva Machine scores 131.00 nats vs that VAE's 125.00" in line
+  assert "(worse than it; the main pair at this step: 145.25 vs 136.00)" in line
+  assert rep._side_run_line({"kanerva": km[:1]}, "`--x`", main_vae, main_km) == []  # pylint: disable=protected-access
