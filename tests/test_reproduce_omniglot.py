@@ -117,8 +117,12 @@ def test_side_run_curves_reads_each_run_once_with_its_own_vae_if_any(rep, tmp_pa
     path = runs / name / f"omniglot_{model}"
     path.mkdir(parents=True)
     (path / "metrics.jsonl").write_text(json.dumps(_test(250, loss, 10.)) + "\n")
+  monkeypatch.setattr(rep, "SHARED_VAE", {"prior_loc": "he_normal"})
   side = rep.side_run_curves(argparse.Namespace(runs_dir=str(runs)))
   assert set(side) == {"he_normal", "prior_loc"}
+  assert side["prior_loc"]["vae"] is side["he_normal"]["vae"]  # shared, as SHARED_VAE says
+  monkeypatch.setattr(rep, "SHARED_VAE", {})
+  side = rep.side_run_curves(argparse.Namespace(runs_dir=str(runs)))
   assert set(side["he_normal"]) == {"kanerva", "vae"} and set(side["prior_loc"]) == {"kanerva"}
   assert side["he_normal"]["vae"][0]["loss"] == 140.
   assert (tmp_path / "repo" / "results" / "prior_loc" / "omniglot_kanerva_metrics.jsonl").exists()
