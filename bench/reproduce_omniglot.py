@@ -622,6 +622,15 @@ def report(args):
             "reconstructions", "generation", "denoising", "interpolation",
             "bound_vs_episode_size")) + "."]
 
+  if side:
+    lines += ["", "## Side runs", "",
+              "Each side run is the main run's `train.py` command (the one `--train` runs: "
+              "`python train.py --flagfile=omniglot.flags --model=<model> "
+              "--workdir=runs/<name>/omniglot_<model> --log_every=50 --eval_every=250 "
+              "--checkpoint_every=250 --eval_batches=4 --image_every=1000 "
+              "--data_dir=../shared/tfds --train_steps=<steps>`, with "
+              "`TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1`) plus the switch in its "
+              "heading, trained by hand; `--eval` evaluates its last checkpoint."]
   for name, switch, why in ABLATIONS:
     if name not in side:
       continue
