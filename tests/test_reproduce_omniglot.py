@@ -140,3 +140,13 @@ def test_side_run_line_compares_with_its_own_vae_when_it_has_one(rep):
   assert "at step 4750 the Kanerva Machine scores 131.00 nats vs that VAE's 125.00" in line
   assert "(worse than it; the main pair at this step: 145.25 vs 136.00)" in line
   assert rep._side_run_line({"kanerva": km[:1]}, "`--x`", main_vae, main_km) == []  # pylint: disable=protected-access
+
+
+def test_sweep_table_and_figure_links(rep):
+  sweep = {"episode_sizes": [16, 32], "class_counts": ["2", "all"],
+           "loss": {"2": [90.93, None], "all": [91.5, 95.174]}}
+  assert rep.sweep_table(sweep)[2:] == ["| classes | T=16 | T=32 |", "|---|---|---|",
+                                        "| 2 | 90.93 | — |", "| all | 91.50 | 95.17 |"]
+  links = rep.figure_links("results/x")
+  assert links.startswith("Figures: [reconstructions](results/x/reconstructions.png), ")
+  assert links.count("](results/x/") == len(rep.FIGURES)
