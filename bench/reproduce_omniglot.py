@@ -422,7 +422,9 @@ def _summary(curves, last, side):
   main_km = {r["step"]: r for r in curves["kanerva"] if r["split"] == "test"}
   for name, switch, _ in ABLATIONS:
     if name in GENERIC_SIDE_RUNS and name in side:
-      lines += _side_run_line(side[name], switch, vae_tests, main_km)
+      label = (f"the {SHARED_VAE[name]} side run's VAE" if name in SHARED_VAE else
+               "a VAE trained with the same switch")
+      lines += _side_run_line(side[name], switch, vae_tests, main_km, label)
   lines += ["- The reuse-address run gets the paper's curves from a loss that is not eq. 12. "
             "The encoder_skip + KL(y) warm-up + Adam 3×10⁻⁴ run (line above, side run below) "
             "is the one configuration found here that gets them with eq. 12's test bound: an "
@@ -445,11 +447,13 @@ def compare_bounds(run, reference):
   return f"level, within {margin:.1f} nats, with"
 
 
-def _side_run_line(side_run, switch, vae_tests, main_km):
+def _side_run_line(side_run, switch, vae_tests, main_km,
+                   vae_label="a VAE trained with the same switch"):
   """One summary bullet for a side run (`{"kanerva": records[, "vae": records]}`) at the last
   test step it shares with the main runs: its Kanerva Machine's bound beside the main VAE's
   and the main Kanerva Machine's, or, when the side run trained its own VAE with the same
-  switch, beside that VAE's (the main pair then quoted for scale); whether its KL(z) dips.
+  switch or shares one (`vae_label` says which), beside that VAE's (the main pair then quoted
+  for scale); whether its KL(z) dips.
   [] if there is no common step."""
   records = side_run["kanerva"]
   tests = {r["step"]: r for r in records if r["split"] == "test"}
@@ -464,7 +468,7 @@ def _side_run_line(side_run, switch, vae_tests, main_km):
   dipped, peak_step, peak, _, last_kl = kl_z_dip([x for x in records if x["step"] <= step])
   if own_vae:
     o = own_vae[step]
-    head = (f"- **{switch}** (side run below, with a VAE trained with the same switch): at step "
+    head = (f"- **{switch}** (side run below, with {vae_label}): at step "
             f"{step} the Kanerva Machine scores {r['loss']:.2f} nats vs that VAE's "
             f"{o['loss']:.2f} ({compare_bounds(r, o)} it; the main pair at this step: "
             f"{m['loss']:.2f} vs {v['loss']:.2f});")

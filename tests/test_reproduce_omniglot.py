@@ -139,6 +139,10 @@ def test_side_run_line_compares_with_its_own_vae_when_it_has_one(rep):
   line = rep._side_run_line({"kanerva": km, "vae": own}, "`--x`", main_vae, main_km)[0]  # pylint: disable=protected-access
   assert "at step 4750 the Kanerva Machine scores 131.00 nats vs that VAE's 125.00" in line
   assert "(worse than it; the main pair at this step: 145.25 vs 136.00)" in line
+  assert "(side run below, with a VAE trained with the same switch)" in line
+  shared = rep._side_run_line({"kanerva": km, "vae": own}, "`--x`", main_vae, main_km,  # pylint: disable=protected-access
+                              "the lr3e-4 side run's VAE")[0]
+  assert "(side run below, with the lr3e-4 side run's VAE)" in shared
   assert rep._side_run_line({"kanerva": km[:1]}, "`--x`", main_vae, main_km) == []  # pylint: disable=protected-access
 
 
