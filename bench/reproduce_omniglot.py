@@ -132,7 +132,8 @@ ABLATIONS = (
      "eq. 12 throughout). The warm-up made the addresses depend on the image but a read of the "
      "written codes did not lower the bound; with encoder_skip the decoded code is the written "
      "code plus a correction, so a read that returns it should. Trained to step 5,000 side "
-     "by side with the previous run, then continued to 10,000 beside the next one."),
+     "by side with the previous run, then continued to 10,000 beside the next one and to "
+     "15,000 alone (one thread)."),
     ("encoder_skip_warmup_lr3e-4",
      "`--read_posterior=encoder_skip --kl_y_warmup_steps=2000 --learning_rate=3e-4`",
      "The two changes that helped at 5,000 steps (encoder_skip with the KL(y) warm-up, "
