@@ -337,7 +337,7 @@ class KanervaMachine(_GenerativeModel):
     if self.config.read_posterior == "residual":
       mean = prior_mean + mean
     elif self.config.read_posterior == "encoder_skip":
-      mean = _split_normal(embedding)[0] + mean
+      mean = embedding[..., :self.config.code_size] + mean  # e_mean: no softplus needed
     return mean, scale
 
   def _read_step(self, embedding, memory, training, seed):
