@@ -69,6 +69,11 @@ def define_flags():
                     "(residual), or mean of q(z|x) + MLP output (encoder_skip).")
   flags.DEFINE_float("prior_loc_stddev", 0., "Kanerva Machine: initial R_0 entries "
                      "~ truncated N(0, s^2) (0 = zeros).", lower_bound=0.)
+  flags.DEFINE_float("y_scale", None, "Kanerva Machine: one learned scale of q(y|x) shared by "
+                     "all inputs, initialised to this value (default: preset; unset = a scale "
+                     "per input from the q(y|x) MLP).", lower_bound=0.)
+  flags.DEFINE_enum("write_address", None, ["sample", "mean"], "Kanerva Machine: write with "
+                    "w from a sample of q(y|x) or from its mean (default: preset).")
   # Optimisation and distribution.
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.")
   flags.DEFINE_integer("train_steps", 100_000, "Total training steps.", lower_bound=1)
@@ -110,7 +115,7 @@ def configs_from_flags():
       kl_y_warmup_steps=FLAGS.kl_y_warmup_steps)
   overrides = {k: getattr(FLAGS, k) for k in (
       "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size",
-      "y_size", "y_noise_std", "noise_variance")
+      "y_size", "y_noise_std", "noise_variance", "y_scale", "write_address")
                if getattr(FLAGS, k) is not None}
   overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
                    distribution_memory=FLAGS.distribution_memory,

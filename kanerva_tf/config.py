@@ -8,7 +8,9 @@ from kanerva_tf.networks import KERNEL_INITIALIZER
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 READ_POSTERIORS = ("concat", "residual", "encoder_skip")
+WRITE_ADDRESSES = ("sample", "mean")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
+MIN_SCALE = 1e-4  # the floor added to every softplus scale of the models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,14 @@ class ModelConfig:
       VAE's code is the encoder's. All are eq. 12; they differ in what is easy to learn.
     prior_loc_stddev: initial R_0 is zeros (0, default) or truncated N(0, s^2) entries (s > 0,
       as the memory module of the authors' later Dynamic Kanerva Machine initialises it).
+    y_scale: scale of q(y_t|x_t) (section 3.2 fixes only that it is a diagonal Gaussian):
+      None, a scale per input output by the q(y|x) MLP (softplus, about 0.7 at
+      initialisation); a float s > 0, one learned scale per dimension of y, shared by all
+      inputs and initialised to s (as the Dynamic Kanerva Machine's addressing). Eq. 12
+      holds either way.
+    write_address: the address that writes x_t (eq. 8): "sample", w from one y_t ~
+      q(y_t|x_t) (the paper's one-sample approximation), or "mean", w from the mean of
+      q(y_t|x_t). Either is a choice of q(M|X); reading always samples y_t (eq. 12).
   """
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   code_size: int = 100
@@ -67,6 +77,8 @@ class ModelConfig:
   reuse_write_address: bool = False
   read_posterior: str = "concat"
   prior_loc_stddev: float = 0.0
+  y_scale: Optional[float] = None
+  write_address: str = "sample"
 
   def __post_init__(self):
     shape = tuple(self.image_shape)
@@ -106,6 +118,14 @@ class ModelConfig:
         not isinstance(self.prior_loc_stddev, (int, float)) or not self.prior_loc_stddev >= 0):
       raise ValueError(f"ModelConfig.prior_loc_stddev must be a float >= 0; "
                        f"got {self.prior_loc_stddev!r}.")
+    if self.y_scale is not None and (isinstance(self.y_scale, bool) or
+                                     not isinstance(self.y_scale, (int, float)) or
+                                     not self.y_scale > MIN_SCALE):
+      raise ValueError(f"ModelConfig.y_scale must be None or a float > {MIN_SCALE}; "
+                       f"got {self.y_scale!r}.")
+    if self.write_address not in WRITE_ADDRESSES:
+      raise ValueError(f"ModelConfig.write_address must be one of {WRITE_ADDRESSES}; "
+                       f"got {self.write_address!r}.")
     if not self.y_noise_std >= 0:
       raise ValueError(f"ModelConfig.y_noise_std must be >= 0; got {self.y_noise_std!r}.")
 

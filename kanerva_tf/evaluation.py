@@ -130,8 +130,8 @@ def _iw_fn(model, num_samples, chunk):
         # which model.write's [0, 1] input check would reject).
         write_seeds = samplers.split_seed(seeds[1], 2)
         mean_y, scale_y = model.q_y_params(embedding, False, None)    # [B, T, Y]
-        y = mean_y + scale_y * tf.random.stateless_normal(tf.shape(mean_y), write_seeds[0])
-        memory = model._write(embedding, model.addressing_weights(y), write_seeds[1])
+        memory = model._write(embedding, model.write_weights(mean_y, scale_y, write_seeds[0]),
+                              write_seeds[1])
         log_w_fn = lambda s: _km_log_weights(model, x, embedding, memory, chunk, s)
       else:
         log_w_fn = lambda s: _vae_log_weights(model, x, embedding, chunk, s)

@@ -16,14 +16,14 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import samplers
 
 from kanerva_tf import networks
-from kanerva_tf.config import ModelConfig
+from kanerva_tf.config import MIN_SCALE, ModelConfig
 from kanerva_tf.memory import KanervaMemory
 
 tfd = tfp.distributions
 
 __all__ = ["KanervaMachine", "VAE", "stateless_seed", "diag_normal_kl", "bernoulli_log_prob", "gaussian_log_prob"]
 
-_MIN_SCALE = 1e-4
+_MIN_SCALE = MIN_SCALE
 _LOG_2PI = float(np.log(2. * np.pi))
 
 
@@ -268,7 +268,14 @@ class KanervaMachine(_GenerativeModel):
     cfg = self.config
     k, c, s = cfg.memory_size, cfg.code_size, cfg.address_size
     init = cfg.kernel_initializer
-    self.q_y = networks.MLP(cfg.mlp_hidden_size, 2 * cfg.y_size, init, name="q_y")
+    # q(y|x): the MLP outputs (mean, raw scale) per input, or only the mean when the scale is
+    # one learned vector shared by all inputs (`ModelConfig.y_scale`).
+    y_outputs = cfg.y_size if cfg.y_scale is not None else 2 * cfg.y_size
+    self.q_y = networks.MLP(cfg.mlp_hidden_size, y_outputs, init, name="q_y")
+    if cfg.y_scale is not None:
+      raw = float(np.log(np.expm1(cfg.y_scale - _MIN_SCALE)))  # softplus(raw) + 1e-4 = y_scale
+      self.q_y_scale_raw = self.add_weight(
+          shape=(cfg.y_size,), initializer=keras.initializers.Constant(raw), name="q_y_scale_raw")
     self.key = networks.MLP(cfg.mlp_hidden_size, s, init, name="key")
     self.q_z = networks.MLP(cfg.mlp_hidden_size, 2 * c, init, name="q_z_read")
     self.addresses = self.add_weight(
@@ -307,7 +314,19 @@ class KanervaMachine(_GenerativeModel):
     if training and self.config.y_noise_std > 0:
       embedding = embedding + self.config.y_noise_std * tf.random.stateless_normal(
           tf.shape(embedding), seed)
-    return _split_normal(self.q_y(embedding))
+    params = self.q_y(embedding)
+    if self.config.y_scale is None:
+      return _split_normal(params)
+    scale = tf.nn.softplus(tf.convert_to_tensor(self.q_y_scale_raw)) + _MIN_SCALE  # [Y]
+    return params, tf.broadcast_to(scale, tf.shape(params))
+
+  def write_weights(self, mean_y, scale_y, seed):
+    """Addresses w `[..., K]` that write x_t (eq. 8): from y_t ~ q(y_t|x_t) with
+    `write_address="sample"`, or from the mean of q(y_t|x_t) with "mean" (the other
+    one-point approximation of eq. 8's integral over y)."""
+    if self.config.write_address == "mean":
+      return self.addressing_weights(mean_y)
+    return self.addressing_weights(_sample_normal(mean_y, scale_y, seed))
 
   def _write(self, embedding, w, seed, prior=None):
     """q(M|X) = p(M | Y, Z) with z_t ~ q(z_t|x_t) (eq. 8), or Appendix F's q integrated out."""
@@ -374,7 +393,7 @@ class KanervaMachine(_GenerativeModel):
     embedding = self.encoder(x)                                        # [B, T, 2C]
     y_seeds = samplers.split_seed(seeds[1], 3)
     mean_y, scale_y = self.q_y_params(embedding, training, y_seeds[0])  # [B, T, Y]
-    w_write = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[1]))  # [B, T, K]
+    w_write = self.write_weights(mean_y, scale_y, y_seeds[1])         # [B, T, K]
     prior = self.prior()                                               # built once per call
     memory = self._write(embedding, w_write, seeds[2], prior)         # batch [B]
     if self.config.reuse_write_address:  # experiment switch: not eq. 12 (see ModelConfig)
@@ -412,8 +431,7 @@ class KanervaMachine(_GenerativeModel):
     seeds = samplers.split_seed(stateless_seed(seed), 3)
     embedding = self.encoder(x)
     mean_y, scale_y = self.q_y_params(embedding, False, seeds[0])
-    w = self.addressing_weights(_sample_normal(mean_y, scale_y, seeds[1]))
-    return self._write(embedding, w, seeds[2])
+    return self._write(embedding, self.write_weights(mean_y, scale_y, seeds[1]), seeds[2])
 
   def read(self, queries, memory, iterations=1, seed=None):
     """Iterative reading (Algorithm 1, section 3.5) of queries `[B, N, H, W, D]`.

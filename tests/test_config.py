@@ -37,6 +37,9 @@ def test_dict_round_trip():
     (dict(read_posterior="sum"), "read_posterior must be one of.*'sum'"),
     (dict(prior_loc_stddev=-0.5), "prior_loc_stddev must be a float >= 0; got -0.5"),
     (dict(prior_loc_stddev="1"), "prior_loc_stddev must be a float >= 0"),
+    (dict(y_scale=0.), "y_scale must be None or a float > 0.0001; got 0.0"),
+    (dict(y_scale=True), "y_scale must be None or a float"),
+    (dict(write_address="argmax"), "write_address must be one of.*'argmax'"),
 ])
 def test_bad_values_are_rejected(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -188,6 +188,44 @@ def test_read_posterior_options(option):
   np.testing.assert_allclose(a["kl_y"], b["kl_y"], rtol=1e-6)  # same addresses
 
 
+def test_shared_y_scale_option():
+  """y_scale=s: q(y|x)'s scale is one learned vector, s at initialisation, the same for every
+  input; the MLP outputs only the mean; KL(y) is the closed form for that scale."""
+  x = _binary((2, 4, 8, 8, 1))
+  per_input = kt.KanervaMachine(TINY)
+  shared = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "y_scale": 0.3}))
+  per_input(x), shared(x)
+  assert shared.q_y.output_size == TINY.y_size and per_input.q_y.output_size == 2 * TINY.y_size
+  embedding = shared.encoder(x)
+  mean, scale = shared.q_y_params(embedding, False, None)
+  np.testing.assert_allclose(scale, np.full([2, 4, TINY.y_size], 0.3), rtol=1e-6)
+  np.testing.assert_allclose(mean, shared.q_y(embedding), rtol=1e-6)
+  m = mean.numpy().astype(np.float64)
+  want = 0.5 * np.sum(0.09 + m ** 2 - 1. - np.log(0.09), axis=-1).mean()
+  np.testing.assert_allclose(float(shared(x, seed=(1, 1))["kl_y"]), want, rtol=1e-5)
+  assert any(v is shared.q_y_scale_raw for v in shared.trainable_variables)
+
+
+def test_write_address_mean_option():
+  """write_address='mean' writes with w from the mean of q(y|x): the memory is the prior
+  updated with those addresses and z ~ q(z|x), whatever the y seed; 'sample' depends on it."""
+  x = _binary((2, 4, 8, 8, 1))
+  sample, mean = _twins(x, write_address="mean")
+  embedding = mean.encoder(x)
+  mean_y, _ = mean.q_y_params(embedding, False, None)
+  w = mean.addressing_weights(mean_y)
+  memories = [mean.write(x, seed=(5, s)) for s in (1, 2)]
+  seeds = model_lib.samplers.split_seed(model_lib.stateless_seed((5, 1)), 3)
+  z_mean, z_scale = model_lib._split_normal(embedding)
+  z = z_mean + z_scale * tf.random.stateless_normal(tf.shape(z_mean), seeds[2])
+  want = mean.prior().update(w, z)
+  np.testing.assert_allclose(memories[0].loc, want.loc, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(memories[0].row_covariance, want.row_covariance, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(memories[0].row_covariance, memories[1].row_covariance, rtol=1e-6)
+  other = [sample.write(x, seed=(5, s)).row_covariance for s in (1, 2)]
+  assert np.abs(other[0] - other[1]).max() > 1e-4
+
+
 def test_prior_loc_stddev_initialises_r0():
   """R_0 starts at zeros by default and as truncated N(0, s^2) (|entries| <= 2s) with
   prior_loc_stddev=s; U_0 is unchanged."""

@@ -276,15 +276,17 @@ def test_flagfiles_parse_to_the_paper_presets(flagfile, preset):
 
 
 def test_addressing_and_memory_noise_flags_reach_the_model_config():
-  """--y_size, --y_noise_std and --noise_variance override the preset; unset, they keep it."""
+  """--y_size, --y_noise_std, --noise_variance, --y_scale and --write_address override the
+  preset; unset, they keep it."""
   proc = _run_python("""
       import train, kanerva_tf as kt
       train.define_flags()
       train.FLAGS(["train.py", "--flagfile=omniglot.flags", "--y_size=8", "--y_noise_std=0",
-                   "--noise_variance=0.25"])
+                   "--noise_variance=0.25", "--y_scale=0.5", "--write_address=mean"])
       model_config, _ = train.configs_from_flags()
       assert model_config == kt.ModelConfig.omniglot(
-          y_size=8, y_noise_std=0., noise_variance=0.25), model_config
+          y_size=8, y_noise_std=0., noise_variance=0.25, y_scale=0.5,
+          write_address="mean"), model_config
       print("OK")
       """)
   assert proc.returncode == 0, proc.stderr[-3000:]
