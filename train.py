@@ -70,8 +70,8 @@ def define_flags():
   flags.DEFINE_float("prior_loc_stddev", 0., "Kanerva Machine: initial R_0 entries "
                      "~ truncated N(0, s^2) (0 = zeros).", lower_bound=0.)
   flags.DEFINE_float("y_scale", None, "Kanerva Machine: one learned scale of q(y|x) shared by "
-                     "all inputs, initialised to this value (default: preset; unset = a scale "
-                     "per input from the q(y|x) MLP).", lower_bound=0.)
+                     "all inputs, initialised to this value; 0 = a scale per input output by the "
+                     "q(y|x) MLP (default: preset).", lower_bound=0.)
   flags.DEFINE_enum("write_address", None, ["sample", "mean"], "Kanerva Machine: write with "
                     "w from a sample of q(y|x) or from its mean (default: preset).")
   # Optimisation and distribution.
@@ -117,6 +117,8 @@ def configs_from_flags():
       "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size",
       "y_size", "y_noise_std", "noise_variance", "y_scale", "write_address")
                if getattr(FLAGS, k) is not None}
+  if overrides.get("y_scale") == 0:
+    overrides["y_scale"] = None  # --y_scale=0: the per-input scale of the q(y|x) MLP
   overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
                    distribution_memory=FLAGS.distribution_memory,
                    kernel_initializer=FLAGS.kernel_initializer,

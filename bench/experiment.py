@@ -1,0 +1,296 @@
+r"""One tool for every experiment of `bench/experiments.py`: train, resume, evaluate, report.
+
+  python bench/experiment.py NAME --train [--parallel=2] [--data_dir=DIR] [--steps=N]
+  python bench/experiment.py NAME --eval          # eval.py on each run's last checkpoint
+  python bench/experiment.py NAME --report        # tables + curves into RESULTS.md
+
+Training runs `train.py --flagfile=<flagfile> <common> <run flags> --seed=S --train_steps=N`
+for every run and seed, at most `--parallel` at once with one thread each; re-running resumes.
+Each run's metrics.jsonl and config.json (and eval.json) are copied to
+`results/<NAME>/<run>/s<seed>/`, which the report reads, so a report regenerates after
+`runs/` is gone. The report writes no sentence about a particular run: tables and a figure
+between `<!-- experiment:NAME -->` markers in RESULTS.md; people write the prose around them.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from experiments import EXPERIMENTS  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TERMS = ("loss", "reconstruction", "kl_y", "kl_z")
+
+
+# ----------------------------------------------------------------------------- runs
+def model_of(flags):
+  """The --model of a run's flags (train.py's default: kanerva)."""
+  models = [f.split("=", 1)[1] for f in flags if f.startswith("--model=")]
+  return models[-1] if models else "kanerva"
+
+
+def run_specs(name, exp, steps=None):
+  """[(run, seed, workdir, train.py argv)] of an experiment, in table order."""
+  specs = []
+  for run, flags in exp["runs"].items():
+    for seed in exp["seeds"]:
+      workdir = exp.get("workdir", "runs/{experiment}/{run}/s{seed}").format(
+          experiment=name, run=run, seed=seed, model=model_of(flags))
+      argv = ["train.py", f"--flagfile={exp['flagfile']}", *exp.get("common", []), *flags,
+              f"--workdir={workdir}", f"--seed={seed}",
+              f"--train_steps={steps or exp['steps']}"]
+      specs.append((run, seed, workdir, argv))
+  return specs
+
+
+def results_dir(name, run, seed):
+  return os.path.join(REPO, "results", name, run, f"s{seed}")
+
+
+def copy_results(name, run, seed, workdir):
+  """Copies the run's metrics.jsonl, config.json and eval.json (those present) to results/."""
+  out = results_dir(name, run, seed)
+  os.makedirs(out, exist_ok=True)
+  for path in ("metrics.jsonl", "config.json", os.path.join("eval", "eval.json")):
+    src = os.path.join(REPO, workdir, path)
+    if os.path.exists(src):
+      shutil.copyfile(src, os.path.join(out, os.path.basename(path)))
+
+
+def _launch(argv, workdir, data_dir, log_name):
+  argv = [sys.executable, *argv] + ([f"--data_dir={data_dir}"] if data_dir else [])
+  os.makedirs(os.path.join(REPO, workdir), exist_ok=True)
+  log = open(os.path.join(REPO, workdir, log_name), "a")
+  env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+  print("running:", " ".join(argv[1:]), flush=True)
+  return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_all(jobs, parallel):
+  """Runs (key, start) jobs, at most `parallel` at once; returns {key: exit code}."""
+  pending, running, codes = list(jobs), [], {}
+  while pending or running:
+    while pending and len(running) < parallel:
+      key, start = pending.pop(0)
+      running.append((key, start()))
+    time.sleep(2)
+    for key, proc in list(running):
+      if proc.poll() is not None:
+        codes[key] = proc.returncode
+        running.remove((key, proc))
+  return codes
+
+
+def train(name, exp, args):
+  specs = run_specs(name, exp, args.steps)
+  jobs = [((run, seed), (lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "train.log")))
+          for run, seed, workdir, argv in specs]
+  codes = run_all(jobs, args.parallel)
+  for run, seed, workdir, _ in specs:
+    copy_results(name, run, seed, workdir)
+  failed = {k: c for k, c in codes.items() if c}
+  if failed:
+    raise SystemExit(f"training failed (exit codes {failed}); see <workdir>/train.log")
+
+
+def evaluate(name, exp, args):
+  if not exp.get("evals"):
+    return
+  specs = run_specs(name, exp, args.steps)
+  jobs = []
+  for run, seed, workdir, _ in specs:
+    argv = ["eval.py", f"--workdir={workdir}", f"--out_dir={workdir}/eval", *exp["evals"]]
+    jobs.append(((run, seed), lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "eval.log")))
+  codes = run_all(jobs, args.parallel)
+  for run, seed, workdir, _ in specs:
+    copy_results(name, run, seed, workdir)
+  failed = {k: c for k, c in codes.items() if c}
+  if failed:
+    raise SystemExit(f"evaluation failed (exit codes {failed}); see <workdir>/eval.log")
+
+
+# ----------------------------------------------------------------------------- report
+def read_records(path):
+  """Records of a metrics.jsonl, the last of each (split, step) (a resumed run may repeat)."""
+  with open(path) as f:
+    latest = {}
+    for line in f:
+      r = json.loads(line)
+      latest[(r["split"], r["step"])] = r
+  return sorted(latest.values(), key=lambda r: r["step"])
+
+
+def load_runs(name, exp):
+  """{(run, seed): {"test": [records], "train": [records], "eval": dict or None}} of the
+  runs whose metrics were copied to results/."""
+  loaded = {}
+  for run in exp["runs"]:
+    for seed in exp["seeds"]:
+      d = results_dir(name, run, seed)
+      if not os.path.exists(os.path.join(d, "metrics.jsonl")):
+        continue
+      records = read_records(os.path.join(d, "metrics.jsonl"))
+      ev = None
+      if os.path.exists(os.path.join(d, "eval.json")):
+        with open(os.path.join(d, "eval.json")) as f:
+          ev = json.load(f)
+      loaded[(run, seed)] = {"test": [r for r in records if r["split"] == "test"],
+                             "train": [r for r in records if r["split"] == "train"],
+                             "eval": ev}
+  return loaded
+
+
+def kl_z_dip(tests, drop=0.3, after=1000):
+  """Whether the test KL(z) ends more than `drop` (a fraction) below its peak from step
+  `after` on (the paper's dip; a fall from the initial value is not one)."""
+  later = [r for r in tests if r["step"] >= after and "kl_z" in r]
+  if not later:
+    return False
+  return later[-1]["kl_z"] < (1. - drop) * max(r["kl_z"] for r in later)
+
+
+def at_step(tests, step):
+  for r in tests:
+    if r["step"] == step:
+      return r
+  return None
+
+
+def minutes_until(train, tests, threshold_fn):
+  """Wall-clock minutes of training (pauses > 10 min left out) until the first test record
+  for which threshold_fn(record) holds, or None."""
+  hit = next((r for r in tests if threshold_fn(r)), None)
+  if hit is None:
+    return None
+  times = [r["time"] for r in train if "time" in r and r["step"] <= hit["step"]]
+  return sum(b - a for a, b in zip(times, times[1:]) if b - a < 600.) / 60.
+
+
+def _mean(values):
+  return sum(values) / len(values) if values else float("nan")
+
+
+def summary_table(name, exp, loaded, step=None):
+  """Markdown rows: each run's test bound per seed at `step` (default: the experiment's
+  steps, else the last step every run reached), mean, difference from the baseline (same
+  seeds), KL(y), KL(z), KL(z) dip per seed, retrieval R^2."""
+  seeds = exp["seeds"]
+  if step is None:
+    lasts = [v["test"][-1]["step"] for v in loaded.values() if v["test"]]
+    step = min(lasts + [exp["steps"]]) if lasts else exp["steps"]
+  base = exp.get("baseline")
+  head = (["run", "flags"] + [f"seed {s}" for s in seeds] +
+          ["mean", f"− {base}" if base else "", "KL(y)", "KL(z)", "KL(z) dips", "retrieval R²"])
+  lines = [f"Test bound (eq. 12 / T, nats; 64 test episodes of T=32) at step {step}:", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  base_losses = {s: at_step(loaded[(base, s)]["test"], step)
+                 for s in seeds if (base, s) in loaded} if base else {}
+  for run, flags in exp["runs"].items():
+    rec = {s: at_step(loaded[(run, s)]["test"], step) for s in seeds if (run, s) in loaded}
+    rec = {s: r for s, r in rec.items() if r is not None}
+    cells = [f"`{run}`", " ".join(f"`{f}`" for f in flags) or "(flagfile)"]
+    cells += [f"{rec[s]['loss']:.2f}" if s in rec else "—" for s in seeds]
+    cells.append(f"{_mean([r['loss'] for r in rec.values()]):.2f}" if rec else "—")
+    diffs = [rec[s]["loss"] - base_losses[s]["loss"] for s in rec
+             if base_losses.get(s) is not None]
+    cells.append(f"{_mean(diffs):+.2f}" if diffs and run != base else "")
+    for term in ("kl_y", "kl_z"):
+      vals = [r[term] for r in rec.values() if term in r]
+      cells.append(f"{_mean(vals):.2f}" if vals else "—")
+    dips = [kl_z_dip(loaded[(run, s)]["test"]) for s in seeds if (run, s) in loaded]
+    cells.append(" ".join("yes" if d else "no" for d in dips) if model_of(flags) == "kanerva"
+                 else "")
+    r2 = [(loaded[(run, s)]["eval"].get("addressing") or {}).get("retrieval_r2")
+          for s in seeds if (run, s) in loaded and loaded[(run, s)]["eval"]]
+    r2 = [v for v in r2 if v is not None]
+    cells.append(" ".join(f"{v:.2f}" for v in r2) if r2 else "—")
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def plot_curves(name, exp, loaded, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for i, run in enumerate(exp["runs"]):
+    for j, seed in enumerate(exp["seeds"]):
+      if (run, seed) not in loaded:
+        continue
+      tests = loaded[(run, seed)]["test"]
+      for ax, term in zip(axes, TERMS):
+        pts = [(r["step"], r[term]) for r in tests if term in r]
+        if pts:
+          ax.plot(*zip(*pts), color=colors[i % len(colors)], alpha=0.9,
+                  linestyle=("-", "--", ":", "-.")[j % 4],
+                  label=f"{run} s{seed}" if term == "loss" else None)
+  for ax, term in zip(axes, TERMS):
+    ax.set_title(f"test {term}")
+    ax.set_xlabel("step")
+  axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 250))
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def report_section(name, exp, loaded):
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  curves = os.path.join("results", name, "curves.png")
+  plot_curves(name, exp, loaded, os.path.join(REPO, curves))
+  common = " ".join(f"`{f}`" for f in exp.get("common", []))
+  lines = [f"<!-- experiment:{name} -->",
+           f"Generated {stamp} by `python bench/experiment.py {name} --report` from "
+           f"`results/{name}/` (trained with `--train`: `python train.py "
+           f"--flagfile={exp['flagfile']}` {common} + the run's flags, {exp['steps']} steps, "
+           f"seeds {', '.join(map(str, exp['seeds']))}).", ""]
+  lines += summary_table(name, exp, loaded)
+  lines += ["", f"![{name} curves]({curves})", f"<!-- /experiment:{name} -->"]
+  return "\n".join(lines)
+
+
+def write_report(name, exp, results_md):
+  """Replaces the experiment's marked section of RESULTS.md (appends it when absent)."""
+  section = report_section(name, exp, load_runs(name, exp))
+  text = open(results_md).read() if os.path.exists(results_md) else ""
+  start, end = f"<!-- experiment:{name} -->", f"<!-- /experiment:{name} -->"
+  if start in text and end in text:
+    text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
+  else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+  with open(results_md, "w") as f:
+    f.write(text)
+  return section
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("name", choices=sorted(EXPERIMENTS))
+  parser.add_argument("--train", action="store_true")
+  parser.add_argument("--eval", action="store_true")
+  parser.add_argument("--report", action="store_true")
+  parser.add_argument("--parallel", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=None, help="Override the experiment's steps.")
+  parser.add_argument("--data_dir", default=None, help="TFDS data directory for train/eval.py.")
+  parser.add_argument("--results_md", default=os.path.join(REPO, "RESULTS.md"))
+  args = parser.parse_args(argv)
+  if args.parallel < 1:
+    parser.error(f"--parallel must be >= 1; got {args.parallel}")
+  exp = EXPERIMENTS[args.name]
+  if args.train:
+    train(args.name, exp, args)
+  if args.eval:
+    evaluate(args.name, exp, args)
+  if args.report or not (args.train or args.eval):
+    print(write_report(args.name, exp, args.results_md))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,44 @@
+"""Experiments as data: the runs, flags, seeds, steps and evaluations of every study.
+
+`bench/experiment.py` trains, resumes, evaluates and tabulates any entry:
+
+  python bench/experiment.py omniglot_ablation --train --data_dir=<tfds dir>
+  python bench/experiment.py omniglot_ablation --report     # tables into RESULTS.md
+
+Each entry:
+  flagfile: the train.py flagfile every run starts from.
+  steps: train_steps of every run (a run resumes up to it).
+  seeds: seeds of every run; arms are compared on the same seeds.
+  common: flags every run adds after the flagfile.
+  runs: {run name: flags of that run}, in table order.
+  baseline: the run that the others are compared with (difference of means, same seeds).
+  evals: eval.py flags for the evaluation of each run's last checkpoint ([] = none).
+  workdir: where a run trains, a template of {experiment}, {run}, {seed}.
+"""
+
+# Flags of every study: test bound on 4 fixed batches (64 episodes) every 500 steps.
+_COMMON = ["--log_every=100", "--eval_every=500", "--checkpoint_every=500", "--eval_batches=4",
+           "--image_every=0"]
+_LR = "--learning_rate=3e-4"
+
+EXPERIMENTS = {
+    # Issue 12, step 1: why the Kanerva Machine does not use its memory under eq. 12. Adam
+    # 3e-4 for every arm (the VAE is better there too). 3,000 steps, seeds 0 and 1.
+    "omniglot_ablation": dict(
+        flagfile="omniglot.flags", steps=3000, seeds=(0, 1),
+        common=_COMMON + ["--noexport"],
+        baseline="vae",
+        runs={
+            "vae": ["--model=vae", _LR],
+            "km_paper": [_LR, "--read_posterior=concat", "--write_address=sample"],
+            "skip_warmup": [_LR, "--read_posterior=encoder_skip", "--kl_y_warmup_steps=2000"],
+            "skip_mean": [_LR, "--read_posterior=encoder_skip", "--write_address=mean"],
+            "skip_shared03": [_LR, "--read_posterior=encoder_skip", "--y_scale=0.3"],
+            "shared03_mean": [_LR, "--read_posterior=concat", "--y_scale=0.3",
+                              "--write_address=mean"],
+            "skip_shared03_mean": [_LR, "--read_posterior=encoder_skip", "--y_scale=0.3",
+                                   "--write_address=mean"],
+        },
+        evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
+        workdir="runs/abl/{run}/s{seed}/omniglot_{model}"),
+}

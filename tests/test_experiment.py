@@ -1,0 +1,82 @@
+"""Tests of bench/experiment.py (the generic runner and report) and bench/experiments.py."""
+
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
+import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+EXP = dict(flagfile="omniglot.flags", steps=1500, seeds=(0, 1), common=["--eval_every=500"],
+           baseline="vae", runs={"vae": ["--model=vae"], "km": ["--y_scale=0.3"]}, evals=[])
+
+
+def _write_run(root, run, seed, losses, kl_z=None):
+  d = os.path.join(root, "results", "toy", run, f"s{seed}")
+  os.makedirs(d)
+  with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+    for i, loss in enumerate(losses):
+      step = 500 * (i + 1)
+      f.write(json.dumps({"split": "train", "step": step, "time": 60. * step / 500,
+                          "loss": loss}) + "\n")
+      f.write(json.dumps({"split": "test", "step": step, "loss": loss, "reconstruction": loss,
+                          "kl_y": 1., "kl_z": (kl_z or [5.] * len(losses))[i]}) + "\n")
+
+
+def test_every_experiment_is_well_formed():
+  for name, exp in experiments.EXPERIMENTS.items():
+    assert exp["baseline"] in exp["runs"], name
+    specs = experiment.run_specs(name, exp)
+    assert len(specs) == len(exp["runs"]) * len(exp["seeds"])
+    workdirs = [w for _, _, w, _ in specs]
+    assert len(set(workdirs)) == len(workdirs), f"{name}: two runs share a workdir"
+
+
+def test_run_specs_put_run_flags_after_common_and_seed_last():
+  specs = experiment.run_specs("toy", EXP, steps=200)
+  run, seed, workdir, argv = specs[-1]
+  assert (run, seed, workdir) == ("km", 1, "runs/toy/km/s1")
+  assert argv == ["train.py", "--flagfile=omniglot.flags", "--eval_every=500", "--y_scale=0.3",
+                  "--workdir=runs/toy/km/s1", "--seed=1", "--train_steps=200"]
+  assert experiment.model_of(["--model=vae"]) == "vae" and experiment.model_of([]) == "kanerva"
+
+
+def test_summary_table_means_differences_and_dips(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  _write_run(tmp_path, "vae", 0, [160., 150., 140.])
+  _write_run(tmp_path, "vae", 1, [160., 152., 144.])
+  _write_run(tmp_path, "km", 0, [160., 140., 120.], kl_z=[20., 10., 5.])  # 5 < 0.7 * 10: dips
+  _write_run(tmp_path, "km", 1, [160., 146., 130.], kl_z=[20., 10., 9.])  # peak from 1000: 10
+  lines = experiment.summary_table("toy", EXP, experiment.load_runs("toy", EXP))
+  assert "at step 1500" in lines[0]
+  km = next(l for l in lines if l.startswith("| `km`"))
+  cells = [c.strip() for c in km.strip("|").split("|")]
+  assert cells[2:5] == ["120.00", "130.00", "125.00"]
+  assert cells[5] == "-17.00"      # mean of (120 - 140, 130 - 144)
+  assert cells[8] == "yes no"
+
+
+def test_report_replaces_only_its_marked_section(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  _write_run(tmp_path, "vae", 0, [160., 150., 140.])
+  _write_run(tmp_path, "km", 0, [160., 140., 120.])
+  md = tmp_path / "RESULTS.md"
+  md.write_text("# Results\n\nPeople's prose.\n")
+  monkeypatch.setitem(experiment.EXPERIMENTS, "toy", EXP)
+  experiment.write_report("toy", EXP, str(md))
+  experiment.write_report("toy", EXP, str(md))
+  text = md.read_text()
+  assert text.startswith("# Results\n\nPeople's prose.\n")
+  assert text.count("<!-- experiment:toy -->") == 1 and text.count("| `km`") == 1
+  assert (tmp_path / "results" / "toy" / "curves.png").exists()
+
+
+def test_minutes_until_leaves_out_pauses():
+  train = [{"step": s, "time": t} for s, t in ((100, 0.), (200, 60.), (300, 5000.), (400, 5060.))]
+  tests = [{"step": 200, "loss": 150.}, {"step": 400, "loss": 99.}]
+  assert experiment.minutes_until(train, tests, lambda r: r["loss"] < 100) == pytest.approx(2.)
+  assert experiment.minutes_until(train, tests, lambda r: r["loss"] < 50) is None
