@@ -269,16 +269,29 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
       method: "batch" solves one T x T system by Cholesky factorisation; "online" writes
         `chunk_size` observations at a time inside the graph (`tf.foldl`), the paper's
         on-line rule (section 3.3). All give the same posterior up to rounding.
-      chunk_size: observations per on-line step, 1 <= chunk_size <= T; default 1. Only
-        with method="online". When it does not divide T, a last, smaller chunk is written.
+      chunk_size: observations per on-line step, a Python int with 1 <= chunk_size <= T;
+        None (the default) means 1. Only with method="online". When it does not divide T, a
+        last, smaller chunk is written.
 
     Returns:
       The posterior `KanervaMemory`, batch shape = broadcast of this memory's batch shape
       and the batch dimensions `...` of `w` and `z`.
+
+    Raises:
+      ValueError: an unknown `method`; a `chunk_size` that is not None nor an int >= 1
+        (0, negatives, bools, floats, strings, tensors are all refused, never rounded or
+        replaced by 1), larger than T, or given with method="batch"; mismatched shapes.
+      TypeError: `w` or `z` of another dtype than the memory.
     """
     if method not in WRITE_METHODS:
       raise ValueError(f"KanervaMemory.update: method must be one of {WRITE_METHODS}, "
                        f"got {method!r}.")
+    if chunk_size is not None and (isinstance(chunk_size, (bool, np.bool_))
+                                   or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+      raise ValueError(
+          "KanervaMemory.update: chunk_size must be an int >= 1 (observations per on-line "
+          f"write step) or None for 1; got {chunk_size!r} of type {type(chunk_size).__name__}.")
     if chunk_size is not None and method != "online":
       raise ValueError("KanervaMemory.update: chunk_size is only used with "
                        f"method='online'; got chunk_size={chunk_size} with method={method!r}.")
@@ -318,7 +331,8 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
       if method == "batch":
         new_loc, new_u = _write(loc, u, w, z, obs_var)
       else:
-        new_loc, new_u = _write_online(loc, u, w, z, obs_var, chunk_size or 1)
+        new_loc, new_u = _write_online(loc, u, w, z, obs_var,
+                                         1 if chunk_size is None else int(chunk_size))
       return KanervaMemory(new_loc, new_u, validate_args=self.validate_args,
                            allow_nan_stats=self.allow_nan_stats, name=self.name)
 

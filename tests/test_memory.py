@@ -410,6 +410,29 @@ def test_bad_input_raises_clear_errors():
     mem.update(tf.zeros([2, 4]), tf.zeros([2, 3]), method="online", chunk_size=3)
 
 
+@pytest.mark.parametrize("chunk_size", [0, -1, -7, True, False, np.bool_(True), 2.0, 1.5,
+                                        "2", "", [2], tf.constant(2), 5],
+                         ids=lambda v: f"{type(v).__name__}:{v!r}"[:30])
+def test_online_write_refuses_every_invalid_chunk_size(chunk_size):
+  """No value is silently replaced by 1: each gets a ValueError that names it (5 > T = 4)."""
+  mem = KanervaMemory(tf.zeros([3, 2]), tf.eye(3))
+  w, z = tf.ones([4, 3]), tf.ones([4, 2])
+  with pytest.raises(ValueError, match="chunk_size") as info:
+    mem.update(w, z, method="online", chunk_size=chunk_size)
+  assert repr(chunk_size) in str(info.value)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, np.int64(1)])
+def test_online_write_default_chunk_size_is_one(chunk_size):
+  rng = np.random.default_rng(4)
+  r, u = _random_memory(rng, (), 3, 2, np.float64)
+  w, z = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+  got = KanervaMemory(r, u).update(w, z, method="online", chunk_size=chunk_size)
+  one = KanervaMemory(r, u).update(w, z, method="online", chunk_size=1)
+  np.testing.assert_array_equal(got.loc, one.loc)
+  np.testing.assert_array_equal(got.row_covariance, one.row_covariance)
+
+
 def test_validate_args_rejects_non_positive_definite_covariance():
   bad = np.array([[1., 2.], [2., 1.]], np.float32)  # symmetric, eigenvalues 3 and -1
   with pytest.raises(tf.errors.InvalidArgumentError, match="positive definite|Cholesky"):
