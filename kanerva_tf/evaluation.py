@@ -307,7 +307,8 @@ def address_diagnostics(model, episode, seed=0):
     w_cos_other: mean cosine between the w of two different images of an episode (None
       when T = 1);
     retrieval_r2: 1 - sum_t ||w'_t^T R - z_t||^2 / sum_t ||z_t - mean_t z_t||^2, with R the
-      posterior mean after writing the episode (eq. 9-11) with addresses w and z_t the mean
+      posterior mean after writing the episode (eq. 9-11) as the model writes (addresses w,
+      or the mean address with `write_address="mean"`) and z_t the mean
       of q(z_t|x_t): the fraction of the within-episode variation of the written codes that a
       read recovers. 0 = the read gives the episode average, 1 = exact recall;
     code_norm: sqrt(mean_t ||z_t||^2), the size of the written codes;
@@ -327,7 +328,10 @@ def address_diagnostics(model, episode, seed=0):
       tf.concat([[2], tf.shape(mean_y)], 0), seeds[1])                # [2, B, T, Y]
   w, w_read = tf.unstack(model.addressing_weights(ys))               # [B, T, K] each
   z, _ = _split_normal(embedding)                                     # [B, T, C]
-  memory = model.prior().update(w, z, noise_variance=model.config.noise_variance)
+  # The memory is written as the model writes (a sample w, or the mean of q(y|x) with
+  # write_address="mean") and read with an independent sample w', as eq. 12 reads.
+  w_write = model.addressing_weights(mean_y) if model.config.write_address == "mean" else w
+  memory = model.prior().update(w_write, z, noise_variance=model.config.noise_variance)
   read = memory.read(w_read)                                          # [B, T, C]
 
   def flat_std(v):

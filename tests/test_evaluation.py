@@ -19,8 +19,10 @@ import functools
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,6 +354,36 @@ def test_eval_script_missing_workdir(tmp_path):
   assert "is not a training run directory: it has no config.json" in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("download", [True, False])
+def test_eval_script_without_the_data_fails_fast_with_a_clear_error(download, tmp_path):
+  """The run's data directory is empty and there is no internet (requests go to a closed local
+  port): --download fails in seconds, --nodownload at once, with one usage error naming the
+  dataset and the directory; --data_dir overrides the run's directory."""
+  workdir, saved_dir, data_dir = tmp_path / "run", tmp_path / "saved", tmp_path / "tfds"
+  for d in (workdir, saved_dir, data_dir):
+    d.mkdir()
+  (workdir / "config.json").write_text(json.dumps(
+      {"model_type": "kanerva", "data": {"dataset": "omniglot", "data_dir": str(saved_dir)}}))
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
+  env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+  env.update({k: proxy for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")},
+             TF_CPP_MIN_LOG_LEVEL="2")
+  start = time.monotonic()
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}", f"--data_dir={data_dir}",
+       "--download" if download else "--nodownload"],
+      capture_output=True, text=True, timeout=120, cwd=str(ROOT), env=env)
+  assert time.monotonic() - start < 60  # TensorFlow's import included
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert f"dataset 'omniglot' is not prepared in data_dir {data_dir}." in proc.stderr
+  assert ("Downloading it failed: " if download else "Downloading is off") in proc.stderr
+  assert "tfds build omniglot" in proc.stderr
+  assert not list(data_dir.iterdir()) and not (workdir / "eval").exists()
+
+
 @pytest.mark.skipif(not _real_tfds_dir().is_dir(), reason="../shared/tfds (prepared TFDS data) "
                     "is absent; set KANERVA_TFDS_DIR to run this test")
 def test_eval_script_on_real_omniglot(tmp_path):
@@ -379,6 +411,8 @@ def _numpy_retrieval_r2(model, x, seed):
   ys = mean_y + scale_y * tf.random.stateless_normal(tf.concat([[2], tf.shape(mean_y)], 0),
                                                      seeds[1])
   w, w_read = (np.float64(v) for v in tf.unstack(model.addressing_weights(ys)))
+  if model.config.write_address == "mean":
+    w = np.float64(model.addressing_weights(mean_y))
   z = np.float64(tf.split(e, 2, axis=-1)[0])
   prior = model.prior()
   r0, u0 = np.float64(prior.mean()), np.float64(prior.row_covariance)
@@ -418,6 +452,21 @@ def test_address_diagnostics_match_numpy_and_detect_image_independent_addresses(
   collapsed = evaluation.address_diagnostics(model, x, seed=3)
   assert collapsed["q_y_mean_std"] == pytest.approx(0., abs=1e-6)
   assert collapsed["w_cos_same"] > 0.99 and collapsed["w_cos_other"] > 0.99
+
+
+def test_address_diagnostics_write_as_the_model_writes():
+  """With write_address='mean' the diagnostic's memory is written with the mean address (as
+  the model writes) and read with a sample; the numpy reference agrees."""
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  cfg = kt.ModelConfig(**{**OMNIGLOT_TINY.to_dict(), "write_address": "mean", "y_scale": 0.3})
+  model = kt.KanervaMachine(cfg)
+  x = tf.constant((np.random.default_rng(1).random((2, 4, 28, 28, 1)) < 0.3).astype(np.float32))
+  model(x)
+  d = evaluation.address_diagnostics(model, x, seed=3)
+  r2, _, _ = _numpy_retrieval_r2(model, x, 3)
+  assert d["retrieval_r2"] == pytest.approx(r2, abs=1e-3)
+  assert d["q_y_scale"] == pytest.approx(0.3, rel=1e-5)
 
 
 def test_address_diagnostics_refuses_the_vae():
