@@ -38,9 +38,15 @@ Stored arrays are uint8: values 0/1 when binarized, 0..255 otherwise (non-binari
 were resized or inverted are rounded back to 0..255). `episode_dataset` maps them to float32
 [0, 1] (0/1 exactly when binarized).
 
-Data location: `tfds.load(name, split=..., data_dir=..., download=False)`; when `data_dir` is None
-it is `$TFDS_DATA_DIR` if set (read at call time), else `~/tensorflow_datasets`. Nothing is
-downloaded: absent data raises `DatasetNotFoundError` with the steps to prepare it offline.
+Data location: `data_dir`, else `$TFDS_DATA_DIR` if set (read at call time), else
+`~/tensorflow_datasets` (`resolve_data_dir`). Downloading is off unless asked for
+(`download=True`; `train.py` and `eval.py` ask by default, `--nodownload` turns it off): when a
+split cannot be loaded from the data directory, `prepare` checks that the dataset's source URLs
+answer (one request per host, `DOWNLOAD_TIMEOUT` seconds, no retries: offline it fails at once
+instead of TFDS's minutes of retries), then runs TFDS's `download_and_prepare` with its progress
+bars. Absent data that is not downloaded, or whose download fails, raises `DatasetNotFoundError`
+naming the dataset and the folder, with TFDS's or the download's error and the steps to prepare
+it offline.
 """
 
 import dataclasses
@@ -50,9 +56,12 @@ import numbers
 import os
 from typing import Optional, Tuple, Union
 
+import urllib.parse
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 OMNIGLOT_SIZE = 28
 OMNIGLOT_THRESHOLD = 0.25
@@ -74,10 +83,15 @@ _GENERIC_DEFAULTS = dict(image_size=None, binarize=False, grayscale=False, inver
 
 _LOAD_BATCH = 1024  # images preprocessed per tf.image.resize call while loading a split
 _CACHE_SIZE = 8     # preprocessed splits kept in memory by load_split
+DOWNLOAD_TIMEOUT = 10.0  # seconds: connect/read timeout of the check that the sources answer
 
 
 class DatasetNotFoundError(FileNotFoundError):
-  """A TFDS dataset/split is not prepared in the data directory and cannot be downloaded."""
+  """A TFDS dataset/split is not prepared in the data directory and is not or cannot be downloaded."""
+
+
+class _NotPrepared(Exception):
+  """Internal: loading a split failed because the data is not (completely) prepared."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +149,7 @@ def clear_cache() -> None:
 
 
 def load_split(name: str, split: str, data_dir=None, image_size=None, binarize=None,
-               grayscale=None):
+               grayscale=None, download: bool = False):
   """Loads a whole TFDS split into memory, preprocessed (see the module docstring).
 
   Args:
@@ -145,6 +159,9 @@ def load_split(name: str, split: str, data_dir=None, image_size=None, binarize=N
     image_size: None (dataset default), an int side or an (H, W) pair of positive ints.
     binarize: None (dataset default) or bool: threshold to {0, 1}.
     grayscale: None (dataset default) or bool: convert to one channel.
+    download: when the split is not prepared in the data directory, download and prepare the
+      dataset there (`prepare`) instead of raising. Off by default: the library touches the
+      network only when asked.
 
   Returns:
     images: read-only uint8 np.ndarray [num_examples, H, W, D]; values 0/1 if binarized, else
@@ -156,7 +173,8 @@ def load_split(name: str, split: str, data_dir=None, image_size=None, binarize=N
     arrays without reading the data again (see `clear_cache`).
 
   Raises:
-    DatasetNotFoundError: the dataset/split is not prepared in the data directory.
+    DatasetNotFoundError: the dataset/split is not prepared in the data directory, and
+      `download` is False or the download failed.
     ValueError: unknown dataset name or split, invalid arguments, or images that are not 2-D
       [H, W] / 3-D [H, W, D] uint8 (or of variable size without `image_size`).
   """
@@ -167,7 +185,76 @@ def load_split(name: str, split: str, data_dir=None, image_size=None, binarize=N
   size = _check_image_size(defaults["image_size"] if image_size is None else image_size)
   binarize = _check_bool("binarize", defaults["binarize"] if binarize is None else binarize)
   grayscale = _check_bool("grayscale", defaults["grayscale"] if grayscale is None else grayscale)
-  return _load_split_cached(name, split, resolve_data_dir(data_dir), size, binarize, grayscale)
+  download = _check_bool("download", download)
+  data_dir = resolve_data_dir(data_dir)
+  try:
+    return _load_split_cached(name, split, data_dir, size, binarize, grayscale)
+  except _NotPrepared as e:
+    if not download:
+      raise DatasetNotFoundError(_not_found_message(
+          name, split, data_dir, "Downloading is off (download=False, --nodownload): pass "
+          "download=True (train.py/eval.py --download, their default) on a machine with "
+          "internet, or prepare it offline.", str(e))) from None
+  prepare(name, data_dir, download=True)  # lru_cache keeps no exception: the load is retried
+  try:
+    return _load_split_cached(name, split, data_dir, size, binarize, grayscale)
+  except _NotPrepared as e:
+    raise DatasetNotFoundError(_not_found_message(
+        name, split, data_dir, f"The folder {data_dir}/{name} looks prepared but is incomplete "
+        "(TFDS has its metadata, not the split's records): delete it and download again, or "
+        "prepare it offline.", str(e))) from None
+
+
+def prepare(name: str, data_dir=None, *, download: bool = True) -> str:
+  """Makes sure TFDS dataset `name` is prepared in the data directory (all its splits).
+
+  A prepared dataset is left as it is. Otherwise, with `download`, the dataset's source URLs
+  (from its TFDS checksums) are first asked once each per host with a `DOWNLOAD_TIMEOUT`
+  second timeout and no retries, so that without internet this fails in seconds (TFDS itself
+  retries a dead connection for about 3.5 minutes); then `download_and_prepare` downloads and
+  prepares it, with TFDS's progress bars.
+
+  Args:
+    name: TFDS dataset name.
+    data_dir: TFDS data directory; None -> $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    download: False -> only check, and raise if the dataset is not prepared.
+
+  Returns:
+    The resolved data directory (`resolve_data_dir(data_dir)`).
+
+  Raises:
+    DatasetNotFoundError: not prepared and `download` is False, or the download failed (the
+      message names the dataset, the directory and the download's error, and says how to
+      prepare the data offline; the error itself is its `download_error` attribute).
+    ValueError: unknown dataset name.
+  """
+  _check_name(name)
+  download = _check_bool("download", download)
+  data_dir = resolve_data_dir(data_dir)
+  builder = _builder(name, data_dir)
+  if builder.is_prepared():
+    return data_dir
+  if not download:
+    raise DatasetNotFoundError(_not_found_message(
+        name, None, data_dir, "Downloading is off (download=False, --nodownload): pass "
+        "download=True (train.py/eval.py --download, their default) on a machine with internet, "
+        "or prepare it offline.", f"no {builder.data_path}/dataset_info.json"))
+  try:
+    urls = sorted(builder.url_infos or ())
+  except Exception:  # pylint: disable=broad-except  (builders without a checksums file)
+    urls = []
+  try:
+    _check_reachable(urls, DOWNLOAD_TIMEOUT)
+    logging.info("Dataset %r is not prepared in %s: downloading and preparing it (TFDS "
+                 "download_and_prepare; sources: %s).", name, data_dir, ", ".join(urls) or "?")
+    builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except  (requests, TFDS and I/O errors alike)
+    error = DatasetNotFoundError(_not_found_message(
+        name, None, data_dir, f"Downloading it failed: {type(e).__name__}: {str(e).rstrip('.')}.",
+        ""))
+    error.download_error = e
+    raise error from None  # its text is in the message: one traceback, not two
+  return data_dir
 
 
 def dataset_info(name: str, split: str, **kwargs) -> DatasetInfo:
@@ -179,7 +266,7 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
                     data_dir=None, image_size=None, binarize=None, grayscale=None,
                     num_classes: Optional[int] = None, repeat: bool = True,
                     num_episodes: Optional[int] = None,
-                    with_labels: bool = False) -> tf.data.Dataset:
+                    with_labels: bool = False, download: bool = False) -> tf.data.Dataset:
   """A `tf.data.Dataset` of batches of episodes drawn from one TFDS split.
 
   Each element is float32 images [B, T, H, W, D] in [0, 1] ({0, 1} when binarized), or the pair
@@ -207,7 +294,7 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
       same seed.
 
   Args:
-    name, split, data_dir, image_size, binarize, grayscale: see `load_split`.
+    name, split, data_dir, image_size, binarize, grayscale, download: see `load_split`.
     batch_size: B > 0, episodes per element.
     episode_length: T > 0, images per episode.
     seed: int, seed of the stateless sampling.
@@ -241,7 +328,7 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
     num_episodes = _check_positive_int("num_episodes", num_episodes)
 
   images, labels, info = load_split(name, split, data_dir=data_dir, image_size=image_size,
-                                    binarize=binarize, grayscale=grayscale)
+                                    binarize=binarize, grayscale=grayscale, download=download)
   where = f"split {split!r} of dataset {name!r}"
   if (num_classes is not None or with_labels) and labels is None:
     what = f"num_classes={num_classes!r}" if num_classes is not None else "with_labels=True"
@@ -403,7 +490,7 @@ def _load_split_cached(name, split, data_dir, size, binarize, grayscale):
       images.append(x.numpy())
       labels.append(y.numpy())
   except tf.errors.NotFoundError as e:  # metadata present but record files missing
-    raise DatasetNotFoundError(_not_found_message(name, split, data_dir, str(e))) from e
+    raise _NotPrepared(str(e)) from e
   if not images:
     raise ValueError(f"split {split!r} of dataset {name!r} has no examples.")
   images = np.concatenate(images)
@@ -459,17 +546,15 @@ def _finish(x, *, size, invert, binarize, threshold):
 
 
 def _tfds_load(name, split, data_dir):
-  """tfds.load(..., download=False, with_info=True) with TFDS errors turned into clear ones."""
+  """tfds.load(..., download=False, with_info=True); _NotPrepared when the data is absent."""
   try:
     return tfds.load(name, split=split, data_dir=data_dir, download=False, with_info=True)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f"unknown dataset name {name!r}: it is not a TFDS dataset and no prepared "
-                     f"copy of it was found in {data_dir}. Check the spelling (e.g. 'omniglot', "
-                     "'cifar10').") from None
+    raise _unknown_name(name, data_dir) from None
   except AssertionError as e:
     # TFDS 4.9 asserts "Dataset X: could not find data in DIR" when not prepared.
     if "could not find data" in str(e) or "download_and_prepare" in str(e):
-      raise DatasetNotFoundError(_not_found_message(name, split, data_dir, str(e))) from e
+      raise _NotPrepared(str(e)) from e
     raise
   except ValueError as e:
     if "split" in str(e).lower():
@@ -477,13 +562,43 @@ def _tfds_load(name, split, data_dir):
     raise
 
 
-def _not_found_message(name, split, data_dir, detail):
-  return (f"dataset {name!r} (split {split!r}) is not prepared in data_dir {data_dir} and this "
-          "pipeline never downloads. To prepare it offline: on a machine with internet run "
-          f"`tfds build {name} --data_dir=DIR` (or tfds.builder({name!r}, data_dir=DIR)."
-          f"download_and_prepare()), copy DIR/{name} to this machine, then pass that directory "
-          "as data_dir (--data_dir) or set TFDS_DATA_DIR to it. "
-          f"(TFDS said: {detail.strip()})")
+def _builder(name, data_dir):
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise _unknown_name(name, data_dir) from None
+
+
+def _unknown_name(name, data_dir):
+  return ValueError(f"unknown dataset name {name!r}: it is not a TFDS dataset and no prepared "
+                    f"copy of it was found in {data_dir}. Check the spelling (e.g. 'omniglot', "
+                    "'cifar10').")
+
+
+def _check_reachable(urls, timeout):
+  """One HEAD request per (scheme, host) of the http(s) `urls`, no retries, `timeout` seconds.
+
+  Any HTTP answer counts (redirects are not followed); raises `requests.RequestException` when
+  a host cannot be reached. Proxies come from the environment (HTTPS_PROXY, ...), as for TFDS.
+  """
+  import requests  # pylint: disable=g-import-not-at-top  (a dependency of tensorflow-datasets)
+  seen = set()
+  for url in urls:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or (parts.scheme, parts.netloc) in seen:
+      continue
+    seen.add((parts.scheme, parts.netloc))
+    requests.head(url, timeout=timeout, allow_redirects=False).close()
+
+
+def _not_found_message(name, split, data_dir, why, detail):
+  what = f"dataset {name!r}" + (f" (split {split!r})" if split is not None else "")
+  detail = f" (TFDS said: {detail.strip()})" if detail.strip() else ""
+  return (f"{what} is not prepared in data_dir {data_dir}. {why} To prepare it offline: on a "
+          f"machine with internet run `tfds build {name} --data_dir=DIR` (or "
+          f"tfds.builder({name!r}, data_dir=DIR).download_and_prepare()), copy DIR/{name} to "
+          f"{data_dir}/{name} on this machine (or anywhere, then pass that directory as "
+          f"--data_dir / data_dir or set TFDS_DATA_DIR to it).{detail}")
 
 
 def _image_key(name, features):

@@ -13,7 +13,10 @@ Shapes: B batch of episodes, T episode length, H W D image height/width/depth.
 import contextlib
 import functools
 import os
+import socket
+import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -333,6 +336,137 @@ def test_missing_data_raises_dataset_not_found(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(other))
   with pytest.raises(data.DatasetNotFoundError, match=str(other)):
     data.episode_dataset("cifar10", "train", batch_size=2, episode_length=3, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloading (download=True; train.py and eval.py default to it).
+
+
+class KanervaTinyPages(tfds.core.GeneratorBasedBuilder):
+  """A TFDS dataset made on the spot, without source URLs: 8x8x1 uint8 images, 2 labels."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 1)),
+        "label": tfds.features.ClassLabel(num_classes=2)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(12, seed=0),
+            "test": self._generate_examples(6, seed=1)}
+
+  def _generate_examples(self, n, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+      yield i, {"image": rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), "label": i % 2}
+
+
+TINY_PAGES = "kanerva_tiny_pages"  # the name TFDS registers KanervaTinyPages under
+
+
+def test_download_prepares_missing_data_then_loads_it(tmp_path):
+  """The online path for real, on a dataset that needs no network: TFDS download_and_prepare."""
+  data.clear_cache()
+  with pytest.raises(data.DatasetNotFoundError, match="Downloading is off"):
+    data.load_split(TINY_PAGES, "train", data_dir=str(tmp_path))          # download=False
+  with pytest.raises(data.DatasetNotFoundError, match="Downloading is off"):
+    data.prepare(TINY_PAGES, data_dir=str(tmp_path), download=False)
+  assert not tfds.builder(TINY_PAGES, data_dir=str(tmp_path)).is_prepared()
+  images, labels, info = data.load_split(TINY_PAGES, "train", data_dir=str(tmp_path),
+                                         download=True)
+  assert images.shape == (12, 8, 8, 1) and info.num_examples == 12 and info.num_classes == 2
+  rng = np.random.default_rng(0)  # the generator's images, in TFDS's shuffled order
+  made = [rng.integers(0, 256, (8, 8, 1), dtype=np.uint8).tobytes() for _ in range(12)]
+  assert sorted(x.tobytes() for x in images) == sorted(made)
+  assert np.bincount(labels).tolist() == [6, 6]
+  assert tfds.builder(TINY_PAGES, data_dir=str(tmp_path)).is_prepared()
+  # Prepared for good: every split loads without downloading, in a fresh cache too.
+  data.clear_cache()
+  test_images, _, _ = data.load_split(TINY_PAGES, "test", data_dir=str(tmp_path))
+  assert test_images.shape == (6, 8, 8, 1)
+  assert data.prepare(TINY_PAGES, data_dir=str(tmp_path), download=False) == str(tmp_path)
+  data.clear_cache()
+
+
+def test_prepare_checks_each_source_host_then_downloads(tmp_path, monkeypatch):
+  """The online path under tfds.testing.mock_data: omniglot's source host is asked once (one
+  HEAD, DOWNLOAD_TIMEOUT, no retries), then TFDS download_and_prepare runs."""
+  import requests  # pylint: disable=g-import-not-at-top
+
+  heads = []
+
+  class Answer:
+    def close(self):
+      pass
+
+  def head(url, **kwargs):
+    heads.append((url, kwargs))
+    return Answer()
+
+  monkeypatch.setattr(requests, "head", head)
+  calls = []
+  with mocked():
+    no_op = tfds.core.DatasetBuilder.download_and_prepare  # mock_data's no-op
+
+    def spy(self, *args, **kwargs):
+      calls.append(self.name)
+      return no_op(self, *args, **kwargs)
+
+    with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare", spy):
+      assert data.prepare("omniglot", data_dir=str(tmp_path)) == str(tmp_path)
+      images, _, _ = data.load_split("omniglot", "train", data_dir=str(tmp_path), download=True)
+  assert calls == ["omniglot"]
+  assert images.shape[1:] == (28, 28, 1)
+  # omniglot has 4 source files on one host: one request.
+  assert [url.split("/")[2] for url, _ in heads] == ["github.com"]
+  assert heads[0][1] == dict(timeout=data.DOWNLOAD_TIMEOUT, allow_redirects=False)
+
+
+def _closed_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _resolves(host):
+  try:
+    socket.getaddrinfo(host, 443)
+    return True
+  except OSError:
+    return False
+
+
+@pytest.mark.parametrize("network", ["dead_proxy", "this_machine"])
+def test_download_without_internet_fails_fast_with_one_clear_error(network, tmp_path,
+                                                                   monkeypatch):
+  """The offline path for real: TFDS, requests and a connection that fails. `dead_proxy` sends
+  every request to a closed local port (offline on any machine); `this_machine` uses the
+  machine's own network and runs only where github.com does not resolve."""
+  import requests  # pylint: disable=g-import-not-at-top
+
+  if network == "dead_proxy":
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+      monkeypatch.setenv(var, proxy)
+    for var in ("NO_PROXY", "no_proxy"):
+      monkeypatch.delenv(var, raising=False)
+  elif _resolves("github.com"):
+    pytest.skip("github.com resolves here: the download would really start")
+  data.clear_cache()
+  start = time.monotonic()
+  with pytest.raises(data.DatasetNotFoundError) as err:
+    data.load_split("omniglot", "train", data_dir=str(tmp_path), download=True)
+  assert time.monotonic() - start < 30  # TFDS alone retries for about 200 s
+  message = str(err.value)
+  assert message.startswith(f"dataset 'omniglot' is not prepared in data_dir {tmp_path}. "
+                            "Downloading it failed: ")
+  assert "github.com" in message  # the download's own error
+  assert "tfds build omniglot --data_dir=DIR" in message and "copy DIR/omniglot" in message
+  assert "--data_dir" in message and "TFDS_DATA_DIR" in message
+  assert isinstance(err.value.download_error, requests.RequestException)
+  assert err.value.__cause__ is None and err.value.__suppress_context__  # one traceback
+  assert not list(tmp_path.iterdir())  # nothing half-downloaded left behind
 
 
 def test_unknown_dataset_name():
