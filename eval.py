@@ -4,7 +4,9 @@ r"""Evaluates a training run: test bound, importance-weighted NLL and the paper'
   python eval.py --workdir=/tmp/km_cifar --importance_samples=100 --num_batches=20 --nofigures
 
 Flags -> kanerva_tf.evaluation.run_evaluation, which writes <out_dir>/eval.json (every number,
-the checkpoint step and these flags) and the PNG figures; a short summary is printed.
+the checkpoint step and these flags) and the PNG figures; a short summary is printed. First,
+with --download (the default), the run's dataset is downloaded and prepared when the data
+directory lacks it (`prepare_data`).
 """
 
 import os
@@ -66,6 +68,9 @@ def define_flags(fv=flags.FLAGS):
   flags.DEFINE_string("data_dir", None, "TFDS data directory overriding the run's (default: "
                       "the run's, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).",
                       flag_values=fv)
+  flags.DEFINE_bool("download", True, "Download and prepare the run's dataset into the data "
+                    "directory when it is not there (--nodownload: fail at once).",
+                    flag_values=fv)
   flags.register_validator("episode_sizes", _is_int_list, message="--episode_sizes must be a "
                            "comma-separated list of positive integers, e.g. 16,32,64.",
                            flag_values=fv)
@@ -105,6 +110,32 @@ def main(argv, fv=flags.FLAGS):
   print(evaluation.format_summary(result))
 
 
+def prepare_data(fv=flags.FLAGS):
+  """Makes sure the run's dataset is in the data directory (downloading it with --download).
+
+  `main` then loads it without downloading. Does nothing when --workdir is not a run directory
+  (`main` says so). A dataset that is absent and not downloaded is a UsageError.
+  """
+  if not fv.workdir or ("://" not in fv.workdir
+                        and not os.path.isfile(os.path.join(fv.workdir, "config.json"))):
+    return
+  from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import runs  # pylint: disable=g-import-not-at-top
+  saved = runs.load_run_config(fv.workdir).get("data") or {}
+  if not saved.get("dataset"):
+    return  # main reports the incomplete config.json
+  try:
+    data_lib.prepare(saved["dataset"], fv.data_dir or saved.get("data_dir"),
+                     download=fv.download)
+  except data_lib.DatasetNotFoundError as e:
+    raise app.UsageError(str(e)) from None
+
+
+def _prepare_and_main(argv):
+  prepare_data()
+  return main(argv)
+
+
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(_prepare_and_main)

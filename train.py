@@ -28,6 +28,8 @@ def define_flags():
                       "TFDS dataset with an 'image' feature.")
   flags.DEFINE_string("data_dir", None, "TFDS data directory with the prepared dataset "
                       "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
+  flags.DEFINE_bool("download", True, "Download and prepare the dataset into the data "
+                    "directory when it is not there (--nodownload: fail at once).")
   flags.DEFINE_integer("image_size", None, "Resize images to this side (default: the dataset's "
                        "preset: 28 for omniglot, native otherwise).", lower_bound=8)
   flags.DEFINE_bool("binarize", None, "Threshold images to {0, 1} (default: dataset preset).")
@@ -104,6 +106,7 @@ def configs_from_flags():
 
   train_config = training.TrainConfig(
       model_type=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      download=FLAGS.download,
       image_size=FLAGS.image_size, binarize=FLAGS.binarize, grayscale=FLAGS.grayscale,
       train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
       train_steps=FLAGS.train_steps, batch_size=FLAGS.batch_size,
@@ -129,7 +132,8 @@ def configs_from_flags():
     return ModelConfig.omniglot(**overrides), train_config
   if FLAGS.dataset == "cifar10" and FLAGS.image_size in (None, 32) and FLAGS.grayscale in (None, False):
     return ModelConfig.cifar(**overrides), train_config
-  info = data_lib.dataset_info(FLAGS.dataset, FLAGS.train_split, **train_config.data_kwargs())
+  info = data_lib.dataset_info(FLAGS.dataset, FLAGS.train_split, download=FLAGS.download,
+                               **train_config.data_kwargs())
   overrides.setdefault("likelihood", "bernoulli" if info.binarize else "gaussian")
   return ModelConfig(image_shape=tuple(info.image_shape), **overrides), train_config
 

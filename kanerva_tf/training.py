@@ -40,6 +40,9 @@ class TrainConfig:
   Attributes:
     model_type: "kanerva" or "vae".
     dataset, data_dir, image_size, binarize, grayscale: the TFDS data (`kanerva_tf.data`).
+    download: when the data is not prepared in the data directory, download and prepare it
+      (`kanerva_tf.data.prepare`); False: fail at once. How the data is obtained, not what it
+      is: not part of `data_kwargs` or of the run's identity.
     train_split, eval_split: TFDS splits for training and periodic evaluation.
     train_steps: total optimiser steps (a resumed run continues up to this number).
     batch_size: global batch B of episodes (split across replicas; divisible by their number).
@@ -65,6 +68,7 @@ class TrainConfig:
   image_size: Optional[int] = None
   binarize: Optional[bool] = None
   grayscale: Optional[bool] = None
+  download: bool = True
   train_split: str = "train"
   eval_split: str = "test"
   train_steps: int = 100_000
@@ -102,6 +106,8 @@ class TrainConfig:
     if self.kl_y_warmup_steps and self.model_type != "kanerva":
       raise ValueError("kl_y_warmup_steps needs model_type='kanerva' (the VAE has no y); got "
                        f"{self.model_type!r}.")
+    if not isinstance(self.download, bool):
+      raise ValueError(f"download must be True or False; got {self.download!r}.")
     if not (isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1):
       raise ValueError(f"learning_rate must be a float in (0, 1); got {self.learning_rate!r}.")
 
@@ -266,7 +272,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
   """
   cfg = train_config
   data_kwargs = cfg.data_kwargs()
-  info = data_lib.dataset_info(cfg.dataset, cfg.train_split, **data_kwargs)
+  info = data_lib.dataset_info(cfg.dataset, cfg.train_split, download=cfg.download,
+                               **data_kwargs)
   if tuple(info.image_shape) != model_config.image_shape:
     raise ValueError(
         f"Images of {cfg.dataset!r} ({cfg.train_split}) have shape {tuple(info.image_shape)} "
@@ -312,12 +319,12 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
   # Batch i of the data is a pure function of (seed, i): a resumed run draws fresh batches.
   train_ds = data_lib.episode_dataset(
       cfg.dataset, cfg.train_split, batch_size=cfg.batch_size, episode_length=episode_length,
-      seed=cfg.seed * 1_000_003 + start_step, **data_kwargs)
+      seed=cfg.seed * 1_000_003 + start_step, download=cfg.download, **data_kwargs)
   iterator = iter(strategy.experimental_distribute_dataset(train_ds))
   eval_ds = data_lib.episode_dataset(
       cfg.dataset, cfg.eval_split, batch_size=cfg.batch_size, episode_length=episode_length,
       seed=cfg.seed + 1, repeat=False, num_episodes=cfg.eval_batches * cfg.batch_size,
-      **data_kwargs)
+      download=cfg.download, **data_kwargs)
   keys = _scalar_keys(cfg.model_type)
   train_calls = make_train_function(strategy, model, optimizer, step, keys=keys,
                                     global_batch_size=cfg.batch_size, seed=cfg.seed,

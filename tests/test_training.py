@@ -3,9 +3,11 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -159,6 +161,7 @@ def test_data_and_model_shapes_must_agree(mock_omniglot, tmp_path):
     (dict(eval_every=-1), "eval_every must be an int >= 0"),
     (dict(kl_y_warmup_steps=-5), "kl_y_warmup_steps must be an int >= 0"),
     (dict(model_type="vae", kl_y_warmup_steps=10), "kl_y_warmup_steps needs model_type"),
+    (dict(download="yes"), "download must be True or False; got 'yes'"),
 ])
 def test_bad_train_config_values(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -269,6 +272,8 @@ def test_flagfiles_parse_to_the_paper_presets(flagfile, preset):
       model_config, train_config = train.configs_from_flags()
       assert model_config == kt.ModelConfig.{preset}(), model_config
       assert (train_config.batch_size, train_config.learning_rate) == (16, 1e-4)
+      # No machine-specific path: the data directory comes from --data_dir or TFDS_DATA_DIR.
+      assert train_config.data_dir is None and train_config.download is True
       assert model_config.episode_length == 32
       print("OK")
       """)
@@ -291,6 +296,52 @@ def test_addressing_and_memory_noise_flags_reach_the_model_config():
       """)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK" in proc.stdout
+
+
+def test_nodownload_flag_reaches_the_train_config():
+  proc = _run_python("""
+      import train
+      train.define_flags()
+      train.FLAGS(["train.py", "--flagfile=omniglot.flags", "--nodownload"])
+      assert train.configs_from_flags()[1].download is False
+      print("OK")
+      """)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "OK" in proc.stdout
+
+
+def _closed_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_train_py_without_the_data_fails_fast_with_a_clear_error(download, tmp_path):
+  """Empty data directory, no internet (every request goes to a closed local port): with
+  --download the download fails in seconds, with --nodownload at once; the error names the
+  dataset, the directory and how to prepare the data offline, and no run is started."""
+  data_dir, workdir = tmp_path / "tfds", tmp_path / "run"
+  data_dir.mkdir()
+  proxy = f"http://127.0.0.1:{_closed_port()}"
+  env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "tfds_data_dir")}
+  env.update({k: proxy for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")},
+             TF_CPP_MIN_LOG_LEVEL="2")
+  start = time.monotonic()
+  proc = subprocess.run(
+      [sys.executable, "train.py", "--flagfile=omniglot.flags", f"--data_dir={data_dir}",
+       f"--workdir={workdir}", "--download" if download else "--nodownload"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+  assert time.monotonic() - start < 60  # TensorFlow's import included
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("kanerva_tf.data.DatasetNotFoundError: dataset 'omniglot'"), last
+  assert f"is not prepared in data_dir {data_dir}" in last
+  assert ("Downloading it failed: ConnectionError" in last if download
+          else "Downloading is off" in last), last
+  assert "tfds build omniglot" in last and "TFDS_DATA_DIR" in last
+  assert proc.stderr.count("Traceback") == 1
+  assert not workdir.exists() and not list(data_dir.iterdir())
 
 
 def test_train_py_rejects_bad_flags_before_any_work(tmp_path):
