@@ -278,7 +278,8 @@ def main(argv=None):
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--parallel", type=int, default=2)
   parser.add_argument("--steps", type=int, default=None, help="Override the experiment's steps.")
-  parser.add_argument("--data_dir", default=None, help="TFDS data directory for train/eval.py.")
+  parser.add_argument("--data_dir", default=None, help="TFDS data directory for train/eval.py "
+                      "(default: theirs, $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
   parser.add_argument("--results_md", default=os.path.join(REPO, "RESULTS.md"))
   args = parser.parse_args(argv)
   if args.parallel < 1:

@@ -10,6 +10,10 @@ Training runs `train.py --flagfile=omniglot.flags` for `--model=kanerva` and `--
 bound every `--eval_every` steps. Re-running resumes from the checkpoints. The report reads
 `<runs_dir>/omniglot_{kanerva,vae}/metrics.jsonl` and writes the learning curves
 (`results/omniglot_curves.png`) and `RESULTS.md`; every number in it is read from those files.
+
+Data: `--data_dir`, else $TFDS_DATA_DIR (train.py and eval.py inherit it), else TFDS's default;
+the flagfile names no directory. On the project's machine: `--data_dir=../shared/tfds` or
+`TFDS_DATA_DIR=../shared/tfds`.
 """
 
 import argparse
@@ -718,7 +722,9 @@ def main():
   parser.add_argument("--train_steps", type=int, default=5000)
   parser.add_argument("--eval_every", type=int, default=250)
   parser.add_argument("--runs_dir", default="runs")
-  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--data_dir", default=None,
+                      help="TFDS data directory for train.py/eval.py (default: their default, "
+                           "$TFDS_DATA_DIR, else ~/tensorflow_datasets)")
   parser.add_argument("--seed", type=int, default=0,
                       help="with --train: train this seed's pair (seed 0 = the main runs; "
                            "others go to <runs_dir>/seed<N>/, reported in a seeds table)")

@@ -131,7 +131,12 @@ def make_strategy(name):
 
 
 def _check_run_config(workdir, run_config):
-  """Writes config.json for a new run; for a resumed run, checks the model is the same."""
+  """Writes config.json for a new run; for a resumed run, checks the model is the same.
+
+  The data directory is not compared: where the data lives is not what it is (a run resumes
+  from a moved copy, or with TFDS_DATA_DIR instead of --data_dir); config.json records the
+  latest one.
+  """
   path = os.path.join(workdir, runs.CONFIG_FILE)
   if not tf.io.gfile.exists(path):
     runs.save_run_config(workdir, run_config)
@@ -143,6 +148,9 @@ def _check_run_config(workdir, run_config):
     old["model"] = json.loads(json.dumps(ModelConfig.from_dict(old["model"]).to_dict()))
   for key in ("model_type", "model", "data"):
     saved, now = old.get(key), run_config[key]
+    if key == "data" and isinstance(saved, dict):
+      saved = {k: v for k, v in saved.items() if k != "data_dir"}
+      now = {k: v for k, v in now.items() if k != "data_dir"}
     if saved != now:
       if isinstance(saved, dict) and isinstance(now, dict):
         diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))

@@ -208,6 +208,20 @@ def test_resuming_a_run_saved_before_new_model_fields_were_added(mock_omniglot, 
     training.train_and_evaluate(other, _train_config(train_steps=6), str(workdir))
 
 
+def test_a_run_resumes_from_another_data_dir_but_not_other_data(mock_omniglot, tmp_path):
+  """Where the data lives is not part of the run: --data_dir=A, then TFDS_DATA_DIR (None)."""
+  workdir = str(tmp_path / "run")
+  cfg = dict(eval_every=0, image_every=0)
+  training.train_and_evaluate(TINY, _train_config(train_steps=2, data_dir="/data/a", **cfg),
+                              workdir)
+  training.train_and_evaluate(TINY, _train_config(train_steps=4, **cfg), workdir)
+  assert tf.train.latest_checkpoint(runs.checkpoint_dir(workdir)).endswith("ckpt-4")
+  assert runs.load_run_config(workdir)["data"]["data_dir"] is None  # the latest one
+  with pytest.raises(ValueError, match=r"different data \(grayscale: saved None, now True\)"):
+    training.train_and_evaluate(TINY, _train_config(train_steps=6, grayscale=True, **cfg),
+                                workdir)
+
+
 # ----------------------------------------------------------------------------- distribution
 def test_mirrored_two_devices_matches_one_device_on_the_same_batch(tmp_path):
   """Two logical CPU devices: the distributed step's loss and update equal the one-device
