@@ -266,3 +266,149 @@ def test_read_stores_nothing_and_reads_each_input_alone():
   # A read is not a step: a step would write first and move the read weights.
   step_reads, _ = layer.step(queries[:, 0], state)
   assert not np.allclose(step_reads.numpy(), reads[:, 0].numpy(), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- DNCMachine
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import kanerva_tf as kt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kanerva_tf import dnc_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY = kt.ModelConfig.omniglot(code_size=6, memory_size=5, address_size=4, num_filters=4,
+                               y_size=3, mlp_hidden_size=8, episode_length=4)
+TINY_DNC = dnc_model.DNCConfig(num_reads=2, word_size=4, controller_hidden_size=8)
+
+
+def _episode(seed=0, batch=2, length=3):
+  x = tf.random.stateless_uniform((batch, length, 28, 28, 1), (seed, 7))
+  return tf.cast(x < 0.3, tf.float32)
+
+
+def _machine(config=TINY, dnc_config=TINY_DNC):
+  model = dnc_model.DNCMachine(config, dnc_config, name="dnc")
+  model(_episode())
+  return model
+
+
+def test_loss_keys_and_terms():
+  model = _machine()
+  out = model(_episode(), training=True, seed=3)
+  assert set(out) == {"loss", "per_example_loss", "reconstruction", "kl_y", "kl_z"}
+  assert out["per_example_loss"].shape == (2,)
+  assert float(out["kl_z"]) == 0.
+  assert float(out["kl_y"]) > 0.
+  np.testing.assert_allclose(float(out["loss"]), float(out["reconstruction"] + out["kl_y"]),
+                             rtol=1e-5)
+  again = model(_episode(), training=True, seed=3)
+  np.testing.assert_allclose(again["loss"].numpy(), out["loss"].numpy())  # stateless seeds
+  half = model(_episode(), training=True, seed=3, kl_y_weight=0.5)
+  np.testing.assert_allclose(float(half["loss"]),
+                             float(out["reconstruction"] + 0.5 * out["kl_y"]), rtol=1e-5)
+  assert float(half["kl_y"]) == float(out["kl_y"])
+
+
+def test_gradients_reach_every_trainable_variable():
+  model = _machine(kt.ModelConfig(**{**TINY.to_dict(), "y_scale": 0.5}))
+  with tf.GradientTape() as tape:
+    loss = model(_episode(), training=True, seed=1)["loss"]
+  names = [v.path for v in model.trainable_variables]
+  grads = tape.gradient(loss, model.trainable_variables)
+  missing = [n for n, g in zip(names, grads) if g is None or not np.any(g.numpy())]
+  assert not missing, missing
+  assert any("q_y_scale_raw" in n for n in names)
+  assert any("controller" in n for n in names) and any("read_out" in n for n in names)
+
+
+def test_the_decoder_sees_only_the_read_out(monkeypatch):
+  """z = mu(read vectors) + sigma eps: with the read vectors fixed, two different episodes
+  give the decoder the same input (no path from x to z around the memory's read-out)."""
+  model = _machine()
+  seen = []
+  decode = model.decode
+  monkeypatch.setattr(model, "decode", lambda z: (seen.append(z.numpy()), decode(z))[1])
+  a, b = _episode(1), _episode(2)
+  model(a, seed=5), model(b, seed=5)
+  assert not np.allclose(seen[0], seen[1])                         # through the memory
+  fixed = tf.random.stateless_normal([2, 3, TINY_DNC.num_reads, TINY_DNC.word_size], (0, 0))
+  monkeypatch.setattr(model.dnc, "read", lambda inputs, state: fixed)
+  model(a, seed=5), model(b, seed=5)
+  np.testing.assert_array_equal(seen[2], seen[3])
+  mu = model.read_out(tf.reshape(fixed, [2, 3, -1])).numpy()
+  eps = seen[2] - mu                                                 # the prior's unit noise
+  assert 0.3 < eps.std() < 3. and abs(eps.mean()) < 1.
+
+
+def test_reading_stores_nothing_and_each_query_is_read_alone():
+  model = _machine()
+  state = model.write(_episode(), seed=1)
+  before = [v.numpy() for v in state]
+  y = tf.random.stateless_normal([2, 3, TINY.y_size], (4, 4))
+  mu = model.prior_mean(y, state).numpy()                            # [B, 3, C]
+  for t in range(3):
+    np.testing.assert_allclose(model.prior_mean(y[:, t:t + 1], state).numpy()[:, 0], mu[:, t],
+                               atol=1e-5)
+  model.read(_episode(3), state, iterations=2, seed=2)
+  model.generate(state, 4, iterations=1, seed=3)
+  for a, b in zip(before, state):
+    np.testing.assert_array_equal(a, b.numpy())
+  # Writing is sequential: the order of the episode matters to the state.
+  reversed_state = model.write(_episode()[:, ::-1], seed=1)
+  assert not np.allclose(reversed_state.link.numpy(), state.link.numpy())
+
+
+def test_user_api_shapes_and_tensor_iterations():
+  model = _machine()
+  x = _episode()
+  state = model.write(x, seed=1)
+  assert tuple(state.memory.shape) == (2, 5, 4) and tuple(state.read_weights.shape) == (2, 2, 5)
+  assert model.read(x, state, 2, seed=1).shape == (2, 2, 3, 28, 28, 1)
+  np.testing.assert_allclose(model.read(x, state, tf.constant(2), seed=1).numpy(),
+                             model.read(x, state, 2, seed=1).numpy(), atol=1e-5)
+  assert model.generate(state, 4, 2, seed=1).shape == (3, 2, 4, 28, 28, 1)
+  assert model.reconstruct(x, seed=1).shape == x.shape
+  with pytest.raises(ValueError, match="iterations must be >= 1"):
+    model.read(x, state, 0)
+
+
+def test_sizes_default_to_the_kanerva_memory_and_the_controller_to_appendix_d():
+  model = dnc_model.DNCMachine(TINY)
+  assert (model.memory_slots, model.word_size, model.num_reads) == (5, 6, 4)
+  assert model.dnc.controller.hidden_size == 200
+  assert model.dnc.controller.output_size == dnc.interface_size(6, 4)
+
+
+def test_serialization_round_trip():
+  model = _machine(dnc_config=dnc_model.DNCConfig(num_reads=3, controller_hidden_size=8))
+  restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+  assert isinstance(restored, dnc_model.DNCMachine)
+  assert restored.config == model.config and restored.dnc_config == model.dnc_config
+  restored(_episode())
+  assert [v.shape for v in restored.variables] == [v.shape for v in model.variables]
+  for layer in (model.dnc, model.dnc.memory):
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(distribution_memory=True), "distribution_memory"),
+    (dict(prior_loc_stddev=0.1), "prior_loc_stddev"),
+])
+def test_kanerva_memory_options_are_refused(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    dnc_model.DNCMachine(kt.ModelConfig(**{**TINY.to_dict(), **overrides}))
+  with pytest.raises(ValueError, match="num_reads"):
+    dnc_model.DNCConfig(num_reads=0)
+  with pytest.raises(TypeError, match="DNCConfig"):
+    dnc_model.DNCMachine(TINY, {"num_reads": 2})
+
+
+def test_write_address_mean_and_reuse_write_address():
+  mean = _machine(kt.ModelConfig(**{**TINY.to_dict(), "write_address": "mean"}))
+  x = _episode()
+  s1, s2 = mean.write(x, seed=1), mean.write(x, seed=2)   # y at its mean; z still sampled
+  assert not np.allclose(s1.memory.numpy(), s2.memory.numpy())
+  reuse = dnc_model.DNCMachine(kt.ModelConfig(**{**TINY.to_dict(), "reuse_write_address": True}),
+                               TINY_DNC)
+  reuse(x)
+  reuse.set_weights(mean.get_weights())
+  assert np.isfinite(float(reuse(x, seed=1)["loss"]))
