@@ -33,10 +33,19 @@ Sigma_z = L L^T, and counting a multiply-add as 2 FLOPs:
   total  F(T) = 4 T K C + 4 T K^2 + 2 T^2 K + T^3/3 + T^2 (K + C),  times B episodes.
 
 The element-wise work (Delta = Z - W R, the diagonal of Sigma_xi, the symmetrisations,
-R + ..., U - ...) is O(T^2 + T C + K^2 + K C) and not counted. The on-line writes run
-`_write` once per chunk, so their count is the sum of F(chunk) over the chunks, e.g.
-T F(1) for chunk_size 1: they do fewer FLOPs than the batch write when T is large (no
-T^2 and T^3 terms) but in many small, sequential operations. GFLOP/s of every method
+R + ..., U - ...) is O(T^2 + T C + K^2 + K C) and not counted. The on-line writes carry a
+square root L of U (`_write_sqrt`, once per chunk of n observations):
+
+  W R, L^T W^T, L Phi, Phi^T Phi          2 n K C + 4 n K^2 + 2 n^2 K
+  Cholesky of Sigma_z, three n x n solves n^3 / 3 + 2 n^2 (K + C)
+  R' and L' updates                       2 n K C + 2 n K^2
+  total  G(n) = 4 n K C + 6 n K^2 + 2 n^2 K + n^3/3 + 2 n^2 (K + C)
+
+plus, once per write, the Cholesky factor of U and U' = L L^T (K^3/3 + 2 K^3). Their count
+is the sum of G(chunk) over the chunks plus that, e.g. T G(1) + 7 K^3/3 for chunk_size 1:
+they do fewer FLOPs than the batch write when T is large (no T^2 and T^3 terms) but in many
+small, sequential operations. (Tables measured before the square-root form, whose on-line
+rule was `_write` once per chunk, counted the sum of F(chunk).) GFLOP/s of every method
 is its own count divided by its median time; "% peak" compares it with the float32
 matmul ceiling measured by `bench/matmul_peak.py` in the same run (best median over
 1024^2 and 2048^2 matmuls, measured before the grid and after every T).
@@ -80,15 +89,20 @@ def write_flops(t, k, c):
           + t * t * (k + c))
 
 
+def sqrt_write_flops(n, k, c):
+  """FLOPs of one square-root on-line step of n observations (`_write_sqrt`, module doc)."""
+  return (4 * n * k * c + 6 * n * k * k + 2 * n * n * k + n ** 3 / 3.0
+          + 2 * n * n * (k + c))
+
+
 def method_flops(method, t, k, c, b, chunk_size):
   """FLOPs of `method` writing B episodes of T observations: sum of per-chunk counts."""
   if method == "batch":
-    chunks = [t]
-  else:
-    size = 1 if method == "online" else chunk_size
-    num_full, rest = divmod(t, size)
-    chunks = [size] * num_full + ([rest] if rest else [])
-  return b * sum(write_flops(n, k, c) for n in chunks)
+    return b * write_flops(t, k, c)
+  size = 1 if method == "online" else chunk_size
+  num_full, rest = divmod(t, size)
+  chunks = [size] * num_full + ([rest] if rest else [])
+  return b * (sum(sqrt_write_flops(n, k, c) for n in chunks) + 7 * k ** 3 / 3.0)
 
 
 # ------------------------------------------------------------------ machine info

@@ -268,7 +268,9 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
       z_variance: optional `[..., T]`, isotropic variance of q(z_t | x_t) (Appendix F).
       method: "batch" solves one T x T system by Cholesky factorisation; "online" writes
         `chunk_size` observations at a time inside the graph (`tf.foldl`), the paper's
-        on-line rule (section 3.3). All give the same posterior up to rounding.
+        on-line rule (section 3.3), carrying a square root L L^T = U of the row covariance
+        (`_write_sqrt`), which keeps U positive definite and accurate over long float32
+        write sequences. All give the same posterior up to rounding.
       chunk_size: observations per on-line step, a Python int with 1 <= chunk_size <= T;
         None (the default) means 1. Only with method="online". When it does not divide T, a
         last, smaller chunk is written.
@@ -381,7 +383,7 @@ def _check_static_shapes(loc_shape, cov_shape):
             "do not broadcast.") from None
 
 
-def _write(loc, u, w, z, obs_var, symmetrize=True):
+def _write(loc, u, w, z, obs_var):
   """One batch write, eqs. 9-11, with a single T x T Cholesky factorisation.
 
   With Sigma_z = L L^T, B = L^{-1} Sigma_c and E = L^{-1} Delta:
@@ -390,11 +392,9 @@ def _write(loc, u, w, z, obs_var, symmetrize=True):
   Args:
     loc: R `[..., K, C]`;  u: U `[..., K, K]`;  w: W `[..., T, K]`;  z: Z `[..., T, C]`;
     obs_var: diagonal of Sigma_xi (+ Sigma_Q) `[..., T]`. All with the same batch shape.
-    symmetrize: return 0.5 (U' + U'^T), removing the rounding asymmetry of B^T B. The on-line
-      write symmetrizes once after its last step instead (three K x K passes less per step).
 
   Returns:
-    (R', U').
+    (R', U'), U' symmetrized, 0.5 (U' + U'^T), against the rounding asymmetry of B^T B.
   """
   delta = z - tf.einsum("...tk,...kc->...tc", w, loc)               # eq. 9   [..., T, C]
   sigma_c = tf.einsum("...tk,...kl->...tl", w, u)                   # eq. 10  [..., T, K]
@@ -408,15 +408,59 @@ def _write(loc, u, w, z, obs_var, symmetrize=True):
   b, e = solved[..., :k], solved[..., k:]
   new_loc = loc + tf.einsum("...tk,...tc->...kc", b, e)             # eq. 11
   new_u = u - tf.einsum("...tk,...tl->...kl", b, b)                 # eq. 11
-  return new_loc, (_sym(new_u) if symmetrize else new_u)
+  return new_loc, _sym(new_u)
+
+
+def _write_sqrt(loc, scale, w, z, obs_var):
+  """One write of eqs. 9-11 in square-root form: (R, L) with L L^T = U -> (R', L').
+
+  With Phi = L^T W^T `[K, T]` (so Sigma_c^T = U W^T = L Phi), Sigma_z = Phi^T Phi + Sigma_xi
+  = S S^T (Cholesky, T x T) and D = Sigma_xi^{1/2} (diagonal):
+
+  ```none
+  R' = R + L Phi S^{-T} S^{-1} Delta                     (= R + Sigma_c^T Sigma_z^{-1} Delta)
+  L' = L - L Phi S^{-T} (S + D)^{-1} Phi^T               (Andrews 1968; Potter's for T = 1)
+  ```
+
+  and L' L'^T = U - Sigma_c^T Sigma_z^{-1} Sigma_c = U' exactly (L' is a square root of U',
+  not triangular). In float32 this keeps the small eigenvalues of U' -- the directions
+  written many times -- accurate: the covariance form U - B^T B subtracts numbers of size
+  |U| and, after 10,000 one-by-one writes, was 46 % off on the smallest eigenvalue and 2 % off
+  on KL(posterior || prior) (tests/test_memory.py); the square-root form agrees with float64
+  to ~1e-4 relative, at the same O(K^2 T) cost per step.
+
+  Args:
+    loc: R `[..., K, C]`;  scale: L `[..., K, K]`;  w: W `[..., T, K]`;  z: Z `[..., T, C]`;
+    obs_var: diagonal of Sigma_xi (+ Sigma_Q) `[..., T]`. All with the same batch shape.
+
+  Returns:
+    (R', L').
+  """
+  phi = tf.einsum("...kl,...tk->...lt", scale, w)                   # L^T W^T  [..., K, T]
+  l_phi = tf.linalg.matmul(scale, phi)                              # Sigma_c^T [..., K, T]
+  sigma_z = (tf.linalg.matmul(phi, phi, transpose_a=True)
+             + tf.linalg.diag(obs_var))                             # eq. 10  [..., T, T]
+  s = tf.linalg.cholesky(_sym(sigma_z))
+  delta = z - tf.einsum("...tk,...kc->...tc", w, loc)               # eq. 9   [..., T, C]
+  e = tf.linalg.triangular_solve(s, delta, lower=True)              # S^{-1} Delta
+  y = tf.linalg.triangular_solve(s + tf.linalg.diag(tf.sqrt(obs_var)),
+                                 tf.linalg.matrix_transpose(phi), lower=True)  # [..., T, K]
+  # One solve with S^T for both right-hand sides [S^{-1} Delta | (S + D)^{-1} Phi^T].
+  solved = tf.linalg.triangular_solve(s, tf.concat([e, y], axis=-1), lower=True,
+                                      adjoint=True)                 # [..., T, C + K]
+  c = ps.shape(z)[-1]
+  new_loc = loc + tf.linalg.matmul(l_phi, solved[..., :c])          # eq. 11
+  new_scale = scale - tf.linalg.matmul(l_phi, solved[..., c:])      # eq. 11, L' L'^T = U'
+  return new_loc, new_scale
 
 
 def _write_online(loc, u, w, z, obs_var, chunk_size):
   """The on-line rule (section 3.3): write `chunk_size` observations at a time.
 
-  By Bayes' rule the result equals the batch write; each step is `_write` on one chunk,
-  run sequentially inside the graph with `tf.foldl` (which, unlike `tf.scan`, keeps only the
-  running (R, U), not every intermediate one).
+  By Bayes' rule the result equals the batch write. Each step is `_write_sqrt` on one chunk,
+  carrying a square root L of U (L_0 = Cholesky factor of U, U' = L' L'^T at the end), run
+  sequentially inside the graph with `tf.foldl` (which, unlike `tf.scan`, keeps only the
+  running (R, L), not every intermediate one).
   """
   t = tf.compat.dimension_value(w.shape[-2])
   if t is None:
@@ -442,15 +486,16 @@ def _write_online(loc, u, w, z, obs_var, chunk_size):
 
   def step(state, elems):
     w_c, z_c, v_c = elems
-    return _write(state[0], state[1], w_c, z_c, v_c, symmetrize=False)
+    return _write_sqrt(state[0], state[1], w_c, z_c, v_c)
 
+  scale = tf.linalg.cholesky(_sym(u))                                 # L_0 [..., K, K]
   if num_full > 0:
-    loc, u = tf.foldl(step, (chunks(w), chunks(z), var_chunks), initializer=(loc, u))
+    loc, scale = tf.foldl(step, (chunks(w), chunks(z), var_chunks), initializer=(loc, scale))
   if rest:
     start = num_full * chunk_size
-    loc, u = _write(loc, u, w[..., start:, :], z[..., start:, :], obs_var[..., start:],
-                    symmetrize=False)
-  return loc, _sym(u)
+    loc, scale = _write_sqrt(loc, scale, w[..., start:, :], z[..., start:, :],
+                             obs_var[..., start:])
+  return loc, _sym(tf.linalg.matmul(scale, scale, transpose_b=True))
 
 
 @tfd.RegisterKL(KanervaMemory, KanervaMemory)

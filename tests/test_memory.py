@@ -275,6 +275,93 @@ def test_long_float32_online_write_stays_positive_definite():
   np.testing.assert_allclose(u, ref.row_covariance, atol=1e-4)
 
 
+def _np_information_posterior(r, u, w, z, obs_var):
+  """Posterior (R', U') in information form, float64: U'^-1 = U^-1 + W^T D^-1 W and
+  R' = U' (U^-1 R + W^T D^-1 Z), D = diag(obs_var). K x K only, so any T is cheap."""
+  r, u, w, z, obs_var = (np.asarray(x, np.float64) for x in (r, u, w, z, obs_var))
+  u_inv = np.linalg.inv(u)
+  wd = w.T / obs_var                                             # W^T D^-1  [K, T]
+  new_u = np.linalg.inv(u_inv + wd @ w)
+  new_u = 0.5 * (new_u + new_u.T)
+  return new_u @ (u_inv @ r + wd @ z), new_u
+
+
+@pytest.mark.slow
+def test_ten_thousand_float32_online_writes_stay_close_to_float64():
+  """10,000 one-by-one float32 writes (the square-root on-line form): U stays symmetric
+  positive definite and the posterior agrees with float64 in scale-free terms -- every
+  eigenvalue of U (the smallest, ~2e-5 next to 1, is the one a covariance-form update gets
+  wrong), KL to the prior and KL between the two posteriors."""
+  rng = np.random.default_rng(11)
+  k, c, t, s = 32, 4, 10_000, 16
+  addresses = rng.normal(size=(k, s))
+  addresses /= np.linalg.norm(addresses, axis=-1, keepdims=True)
+  w = rng.normal(size=(t, s)) @ addresses.T                        # w = b^T A, eq. 5
+  z = w @ rng.normal(size=(k, c)) + rng.normal(size=(t, c))        # Z = W M + xi
+  loc_ref, u_ref = _np_information_posterior(np.zeros((k, c)), np.eye(k), w, z, np.ones(t))
+  prior32 = KanervaMemory(np.zeros((k, c), np.float32), np.eye(k, dtype=np.float32))
+  post = prior32.update(w.astype(np.float32), z.astype(np.float32), method="online")
+  u, loc = post.row_covariance.numpy(), post.loc.numpy()
+  assert u.dtype == np.float32 and np.all(np.isfinite(u)) and np.all(np.isfinite(loc))
+  np.testing.assert_array_equal(u, u.T)
+  assert np.all(np.isfinite(tf.linalg.cholesky(post.row_covariance).numpy()))
+  eig, eig_ref = np.linalg.eigvalsh(u.astype(np.float64)), np.linalg.eigvalsh(u_ref)
+  assert eig.min() > 0 and eig_ref.min() < 1e-4                    # the test is demanding
+  np.testing.assert_allclose(eig, eig_ref, rtol=1e-2)
+  np.testing.assert_allclose(loc, loc_ref, rtol=0, atol=1e-3 * np.abs(loc_ref).max())
+  q = KanervaMemory(loc.astype(np.float64), u.astype(np.float64))
+  q_ref, prior = KanervaMemory(loc_ref, u_ref), KanervaMemory(np.zeros((k, c)), np.eye(k))
+  assert float(tfd.kl_divergence(q, q_ref)) < 1e-2
+  np.testing.assert_allclose(float(tfd.kl_divergence(q, prior)),
+                             float(tfd.kl_divergence(q_ref, prior)), rtol=1e-3)
+
+
+def _assert_finite_memory(memory, w):
+  """Everything read from `memory` with addresses `w` is finite, and U is SPD."""
+  prior = KanervaMemory(tf.zeros_like(memory.loc), tf.eye(memory.memory_size,
+                                                           dtype=memory.dtype))
+  values = dict(loc=memory.loc, row_covariance=memory.row_covariance, read=memory.read(w),
+                predictive=memory.predictive(w).log_prob(memory.read(w)),
+                log_prob=memory.log_prob(memory.loc), entropy=memory.entropy(),
+                kl=tfd.kl_divergence(memory, prior))
+  for name, value in values.items():
+    assert np.all(np.isfinite(np.asarray(value))), name
+  u = np.asarray(memory.row_covariance, np.float64)
+  assert np.linalg.eigvalsh(0.5 * (u + u.T)).min() > 0
+
+
+@pytest.mark.parametrize("method, chunk_size", [("batch", None), ("online", None),
+                                                ("online", 5)])
+def test_extreme_but_valid_inputs_stay_finite_and_exact(method, chunk_size):
+  """float32 writes and reads with codes of size 1e4, addresses 1e-6 apart and exact
+  duplicates: finite, U positive definite, and equal to the float64 posterior."""
+  rng = np.random.default_rng(5)
+  k, c, t = 16, 8, 32
+  prior = KanervaMemory(np.zeros((k, c), np.float32), np.eye(k, dtype=np.float32))
+  w_random = rng.normal(size=(t, k)) / np.sqrt(k)
+  w0 = rng.normal(size=(1, k)) / np.sqrt(k)
+  cases = {"large codes": (w_random, 1e4 * rng.normal(size=(t, c))),
+           "near-duplicate addresses": (w0 + 1e-6 * rng.normal(size=(t, k)),
+                                        1e4 * rng.normal(size=(t, c))),
+           "duplicate addresses": (np.repeat(w0, t, axis=0), rng.normal(size=(t, c)))}
+  for name, (w, z) in cases.items():
+    post = prior.update(w.astype(np.float32), z.astype(np.float32), method=method,
+                        chunk_size=chunk_size)
+    _assert_finite_memory(post, w.astype(np.float32))
+    loc_ref, u_ref = _np_information_posterior(np.zeros((k, c)), np.eye(k), w, z, np.ones(t))
+    np.testing.assert_allclose(post.loc, loc_ref, rtol=0, atol=1e-4 * np.abs(loc_ref).max(),
+                               err_msg=name)
+    np.testing.assert_allclose(post.row_covariance, u_ref, rtol=0, atol=1e-5, err_msg=name)
+  # T identical addresses with codes z_t = one write of their mean with noise sigma^2 / T.
+  w, z = cases["duplicate addresses"]
+  post = prior.update(w.astype(np.float32), z.astype(np.float32), method=method,
+                      chunk_size=chunk_size)
+  one = prior.update(w0.astype(np.float32), z.mean(0, keepdims=True).astype(np.float32),
+                     noise_variance=1. / t)
+  np.testing.assert_allclose(post.loc, one.loc, atol=1e-5)
+  np.testing.assert_allclose(post.row_covariance, one.row_covariance, atol=1e-5)
+
+
 # ---------------------------------------------------------------- reading
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_read_and_predictive(dtype):
