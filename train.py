@@ -1,4 +1,4 @@
-r"""Trains a Kanerva Machine or its matched VAE.
+r"""Trains a Kanerva Machine, its matched VAE, or the DNC baseline (--model=dnc).
 
   python train.py --flagfile=omniglot.flags
   python train.py --flagfile=cifar.flags --workdir=/tmp/km_cifar --train_steps=2000
@@ -37,7 +37,8 @@ def define_flags():
   flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
   flags.DEFINE_string("eval_split", "test", "TFDS split for the periodic test bound.")
   # Model.
-  flags.DEFINE_enum("model", "kanerva", ["kanerva", "vae"], "Kanerva Machine or matched VAE.")
+  flags.DEFINE_enum("model", "kanerva", ["kanerva", "vae", "dnc"], "Kanerva Machine, matched "
+                    "VAE, or the DNC baseline (Appendix D; sizes: kanerva_tf.dnc_model).")
   flags.DEFINE_integer("episode_length", 32, "T, images per episode.", lower_bound=1)
   flags.DEFINE_integer("code_size", None, "C (default: preset; omniglot 100, cifar 200).",
                        lower_bound=1)

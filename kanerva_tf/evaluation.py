@@ -45,6 +45,7 @@ from tensorflow_probability.python.internal import samplers
 
 from kanerva_tf import data as data_lib
 from kanerva_tf import runs
+from kanerva_tf.dnc_model import DNCMachine
 from kanerva_tf.model import KanervaMachine
 from kanerva_tf.model import stateless_seed
 from kanerva_tf.model import _split_normal  # the model's own (mean, softplus scale) split
@@ -116,6 +117,7 @@ def _chunk_size(num_samples, images_per_sample):
 def _iw_fn(model, num_samples, chunk):
   """A tf.function (x [B, T, H, W, D], seed) -> log p_hat(x_t) `[B, T]` for static k, chunk."""
   is_km = isinstance(model, KanervaMachine)
+  is_dnc = isinstance(model, DNCMachine)
   dequantize = _is_gaussian(model)
 
   def make(model_ref):
@@ -133,6 +135,11 @@ def _iw_fn(model, num_samples, chunk):
         memory = model._write(embedding, model.write_weights(mean_y, scale_y, write_seeds[0]),
                               write_seeds[1])
         log_w_fn = lambda s: _km_log_weights(model, x, embedding, memory, chunk, s)
+      elif is_dnc:
+        # Write once, as the model does: [y_t, z_t], y ~ q(y|x), z ~ q(z|x), in order.
+        mean_y, scale_y = model.q_y_params(embedding, False, None)    # [B, T, Y]
+        state = model._write(embedding, mean_y, scale_y, seeds[1])[0]
+        log_w_fn = lambda s: model.importance_log_weights(x, embedding, state, chunk, s)
       else:
         log_w_fn = lambda s: _vae_log_weights(model, x, embedding, chunk, s)
       num_chunks = num_samples // chunk
@@ -200,6 +207,10 @@ def importance_log_likelihood(model, episode, num_samples, seed):
     h = (y, z) ~ q(y|x) q(z|x, y, M) and p(x, y, z | M) = p(x|z) p(z|y, M) N(y; 0, I). This is
     an estimate of the *conditional* likelihood log p(x_t | M), like the paper's "conditional
     NLL" (section 4.1), not of the marginal log p(X).
+  * DNC baseline: the episode is written once into the DNC as in `DNCMachine.call`; then
+    h = (y, z) ~ q(y|x) p(z|y, M) (no bottom-up stream: q(z|x, y, M) = p(z|y, M)), so
+    log w = log p(x|z) + log N(y; 0, I) - log q(y|x) (`DNCMachine.importance_log_weights`):
+    again an estimate of log p(x_t | M).
 
   The estimate rises with k towards log p(x_t) (VAE) or log p(x_t | M) (Kanerva Machine).
   For k = 1 its expectation is the negative bound with analytic KLs replaced by their Monte
@@ -570,7 +581,7 @@ def plot_generation(model, conditioning, path, *, num_samples=8,
   iterations = tuple(int(i) for i in iterations)
   last = max(iterations)
   seed = _seed(seed)
-  is_km = isinstance(model, KanervaMachine)
+  is_km = isinstance(model, _MEMORY_MODELS)  # generates from a written memory (KM or DNC)
   panels = []  # (title, conditioning images [T, H, W, D] or None, samples [N, cols, H, W, D])
   if is_km:
     if not conditioning:
@@ -655,7 +666,7 @@ def plot_denoising(model, episode, path, *, num_images=6, iterations=3, block_si
     episode: float32 `[T, H, W, D]`.
     path: output PNG.
   """
-  _require_km(model, "plot_denoising")
+  _require_km(model, "plot_denoising", _MEMORY_MODELS)
   seeds = samplers.split_seed(_seed(seed), 3)
   x = tf.convert_to_tensor(episode)
   memory = model.write(x[tf.newaxis], seed=seeds[0])
@@ -713,10 +724,13 @@ def plot_interpolation(model, episode, path, *, num_pairs=4, num_steps=8, seed=0
   _save(fig, path)
 
 
-def _require_km(model, what):
-  if not isinstance(model, KanervaMachine):
-    raise ValueError(f"{what} needs a KanervaMachine (it reads a memory); got "
-                     f"{type(model).__name__}.")
+_MEMORY_MODELS = (KanervaMachine, DNCMachine)  # models that write and read a memory
+
+
+def _require_km(model, what, classes=(KanervaMachine,)):
+  if not isinstance(model, classes):
+    raise ValueError(f"{what} needs a {' or '.join(c.__name__ for c in classes)} (it reads a "
+                     f"memory); got {type(model).__name__}.")
 
 
 # ============================================================================ the whole job
@@ -828,6 +842,10 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
     notes.append("iw_loss estimates -log p(x_t | M) with M the written posterior mean and read "
                  "samples (y, z) independent of the write, like the model's loss (eq. 12); "
                  "see evaluation.importance_log_likelihood.")
+  if importance_samples and isinstance(model, DNCMachine):
+    notes.append("iw_loss estimates -log p(x_t | M) with M the written DNC state and read "
+                 "samples y independent of the write, z ~ p(z|y, M), like the model's loss; "
+                 "see evaluation.importance_log_likelihood.")
 
   # The first test batch, read once for the address diagnostics and the figures.
   first = next(iter(ds.take(1))) if is_km or figures else None         # [B, T, H, W, D]
@@ -852,7 +870,8 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
     plot_reconstructions(model, first, path("reconstructions.png"), seed=seed)
     written["reconstructions"] = "reconstructions.png"
     conditioning = {}
-    if is_km:
+    reads_memory = isinstance(model, _MEMORY_MODELS)  # KM or DNC
+    if reads_memory:
       size = CONDITIONING_SIZE
       for c in class_counts:
         problem = _class_count_problem(c, info)
@@ -866,8 +885,8 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
         episode = next(iter(data_lib.episode_dataset(
             name, split, batch_size=1, episode_length=size, seed=seed, num_classes=c,
             repeat=False, num_episodes=1, **load_kwargs)))[0]
-        conditioning[f"KM ({_class_label(c)} classes)"] = episode
-    if conditioning or not is_km:
+        conditioning[f"{'KM' if is_km else 'DNC'} ({_class_label(c)} classes)"] = episode
+    if conditioning or not reads_memory:
       plot_generation(model, conditioning, path("generation.png"), seed=seed)
       written["generation"] = "generation.png"
     if is_km:
@@ -878,6 +897,11 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
         written["interpolation"] = "interpolation.png"
       else:
         notes.append("interpolation skipped: episodes of one image have no pairs")
+    elif reads_memory:
+      plot_denoising(model, first[0], path("denoising.png"), seed=seed)
+      written["denoising"] = "denoising.png"
+      notes.append("interpolation is a Kanerva Machine figure (it mixes addressing weights w): "
+                   "skipped for the DNC")
     else:
       notes.append("denoising and interpolation are Kanerva Machine figures (they read a "
                    "memory): skipped for the VAE")

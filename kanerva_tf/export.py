@@ -1,4 +1,5 @@
-"""SavedModel export of a trained KanervaMachine or VAE, for serving without kanerva_tf.
+"""SavedModel export of a trained KanervaMachine, VAE or DNCMachine, for serving without
+kanerva_tf.
 
 `export(model, path)` writes a SavedModel whose named signatures take and return plain
 tensors; loading it needs only TensorFlow (`tf.saved_model.load`, `saved_model_cli`,
@@ -42,6 +43,20 @@ loss(episode [B, T, H, W, D], seed [2])
     -> loss, reconstruction, kl_z [] and per_example_loss [B]   (eq. 1, training=False)
 config() -> config, model_type, image_shape          as above
 ```
+
+#### Signatures of the DNC baseline ("dnc")
+
+```none
+reconstruct(episode [B, T, H, W, D], seed [2]) -> images [B, T, H, W, D]
+    write the episode into the DNC, then read it back once
+loss(episode [B, T, H, W, D], seed [2])
+    -> loss, reconstruction, kl_y, kl_z [] and per_example_loss [B]   (training=False)
+config() -> config, model_type, image_shape          as above (config: the ModelConfig;
+                                                      the DNC's sizes are DNCConfig's)
+```
+
+(No write / read / generate signatures for the DNC yet: its memory is a `DNCState`, not
+the `loc`, `row_covariance` pair those signatures pass.)
 
 `iterations` and `num_samples` are int32 scalars; the loops run inside the graph.
 
@@ -100,6 +115,7 @@ import uuid
 
 import tensorflow as tf
 
+from kanerva_tf.dnc_model import DNCMachine
 from kanerva_tf.memory import KanervaMemory
 from kanerva_tf.model import VAE
 from kanerva_tf.model import KanervaMachine
@@ -110,16 +126,18 @@ __all__ = ["ServingModule", "export", "SIGNATURES"]
 SIGNATURES = {
     "kanerva": ("write", "read", "generate", "reconstruct", "loss", "prior", "config"),
     "vae": ("reconstruct", "generate", "loss", "config"),
+    "dnc": ("reconstruct", "loss", "config"),
 }
-_MODEL_CLASSES = {"kanerva": KanervaMachine, "vae": VAE}
+_MODEL_CLASSES = {"kanerva": KanervaMachine, "vae": VAE, "dnc": DNCMachine}
 
 
 def _model_type_of(model, model_type=None):
-  """"kanerva" or "vae" for `model`; checks `model_type` if given."""
+  """"kanerva", "vae" or "dnc" for `model`; checks `model_type` if given."""
   inferred = next((name for name, cls in _MODEL_CLASSES.items() if isinstance(model, cls)),
                   None)
   if inferred is None:
-    raise TypeError(f"export needs a kanerva_tf KanervaMachine or VAE; got {type(model).__name__}.")
+    raise TypeError(f"export needs a kanerva_tf KanervaMachine or VAE (or DNCMachine, the DNC "
+                    f"baseline); got {type(model).__name__}.")
   if model_type is not None and model_type != inferred:
     raise ValueError(f"model_type={model_type!r} does not match the model, a "
                      f"{type(model).__name__} ({inferred!r}).")

@@ -2,7 +2,7 @@
 
 Layout of `<workdir>`:
 
-  config.json     {"model_type": "kanerva" | "vae", "model": ModelConfig.to_dict(),
+  config.json     {"model_type": "kanerva" | "vae" | "dnc", "model": ModelConfig.to_dict(),
                    "data": {...}, "train": {...}}  written once when the run starts
   checkpoints/    tf.train.CheckpointManager checkpoints of
                   {model_variables (see `checkpointed_variables`), optimizer, step}
@@ -17,13 +17,14 @@ import os
 import tensorflow as tf
 
 from kanerva_tf.config import ModelConfig
+from kanerva_tf.dnc_model import DNCMachine
 from kanerva_tf.model import KanervaMachine
 from kanerva_tf.model import VAE
 
 __all__ = ["MODEL_TYPES", "build_model", "checkpointed_variables", "save_run_config", "load_run_config",
            "restore_model", "checkpoint_dir", "export_dir", "metrics_path"]
 
-MODEL_TYPES = {"kanerva": KanervaMachine, "vae": VAE}
+MODEL_TYPES = {"kanerva": KanervaMachine, "vae": VAE, "dnc": DNCMachine}
 CONFIG_FILE = "config.json"
 
 
@@ -50,7 +51,8 @@ def checkpointed_variables(model):
 
 
 def build_model(model_type, config):
-  """A `KanervaMachine` ("kanerva") or `VAE` ("vae") for `config`."""
+  """A `KanervaMachine` ("kanerva"), `VAE` ("vae") or `DNCMachine` ("dnc", the DNC
+  baseline with the default `DNCConfig`) for `config`."""
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type must be one of {sorted(MODEL_TYPES)}; got {model_type!r}.")
   return MODEL_TYPES[model_type](config, name=model_type)

@@ -38,7 +38,7 @@ class TrainConfig:
   """Settings of a training run (the model's sizes live in `ModelConfig`).
 
   Attributes:
-    model_type: "kanerva" or "vae".
+    model_type: "kanerva", "vae" or "dnc" (the DNC baseline, `kanerva_tf.dnc_model`).
     dataset, data_dir, image_size, binarize, grayscale: the TFDS data (`kanerva_tf.data`).
     download: when the data is not prepared in the data directory, download and prepare it
       (`kanerva_tf.data.prepare`); False: fail at once. How the data is obtained, not what it
@@ -166,6 +166,8 @@ def _check_run_config(workdir, run_config):
 
 def _scalar_keys(model_type):
   keys = ["loss", "reconstruction", "kl_z"]
+  if model_type == "dnc":
+    return keys + ["kl_y"]  # no memory prior: no kl_memory
   return keys + ["kl_y", "kl_memory"] if model_type == "kanerva" else keys
 
 
@@ -191,7 +193,7 @@ def _log_images(model, model_type, episode, step, seed):
   recon = model.reconstruct(x, seed=(seed, 1)).numpy()
   tf.summary.image("reconstructions", _image_grid(
       np.concatenate([x[0, :shown], recon[0, :shown]]), shown), step=step)
-  if model_type == "kanerva":
+  if model_type in ("kanerva", "dnc"):  # both write, read and generate from a memory
     memory = model.write(x, seed=(seed, 2))
     samples = model.generate(memory, shown, iterations=4, seed=(seed, 3)).numpy()  # [5, 1, N, ...]
     noisy = evaluation.corrupt_with_block(x[0, :shown], seed)[0][tf.newaxis]  # [1, N, H, W, D]

@@ -412,3 +412,125 @@ def test_write_address_mean_and_reuse_write_address():
   reuse(x)
   reuse.set_weights(mean.get_weights())
   assert np.isfinite(float(reuse(x, seed=1)["loss"]))
+
+
+# ----------------------------------------------------------------------------- train / eval
+import importlib.util  # pylint: disable=g-import-not-at-top,wrong-import-position
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+import textwrap  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kanerva_tf import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kanerva_tf import export as export_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kanerva_tf import runs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kanerva_tf import training  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def mock_omniglot():
+  data_lib.clear_cache()
+  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+    yield
+  data_lib.clear_cache()
+
+
+def test_registered_model_type_and_scalar_keys():
+  assert runs.MODEL_TYPES["dnc"] is dnc_model.DNCMachine
+  assert isinstance(runs.build_model("dnc", TINY), dnc_model.DNCMachine)
+  keys = training._scalar_keys("dnc")  # pylint: disable=protected-access
+  out = _machine()(_episode())
+  assert set(keys) <= set(out) and "kl_y" in keys and "kl_memory" not in keys
+
+
+def test_importance_weighted_estimate_of_the_dnc():
+  model = _machine()
+  x = _episode()
+  log_p = evaluation.importance_log_likelihood(model, x, 3, seed=1).numpy()
+  assert log_p.shape == (2, 3) and np.all(np.isfinite(log_p)) and np.all(log_p < 0.)
+  # k = 1: minus its mean is a Monte Carlo estimate of the loss (same terms, KL(y) sampled).
+  one = [-evaluation.importance_log_likelihood(model, x, 1, seed=s).numpy().mean()
+         for s in range(4)]
+  loss = np.mean([float(model(x, seed=s)["loss"]) for s in range(4)])
+  np.testing.assert_allclose(np.mean(one), loss, rtol=0.05)
+
+
+def test_train_export_restore_and_eval_py_end_to_end(mock_omniglot, tmp_path):
+  workdir = str(tmp_path / "dnc")
+  config = training.TrainConfig(
+      model_type="dnc", dataset="omniglot", train_steps=2, batch_size=2, steps_per_call=1,
+      log_every=1, checkpoint_every=2, eval_every=2, eval_batches=1, image_every=2,
+      strategy="default", export=True, learning_rate=1e-3)
+  result = training.train_and_evaluate(TINY, config, workdir)
+  assert result["step"] == 2
+  assert set(result["train"]) == {"loss", "reconstruction", "kl_z", "kl_y"}
+  assert np.isfinite(result["eval"]["loss"]) and "kl_y" in result["eval"]
+  assert os.listdir(os.path.join(workdir, "train")) and os.listdir(os.path.join(workdir, "test"))
+  model, run_config, step = runs.restore_model(workdir)
+  assert isinstance(model, dnc_model.DNCMachine) and run_config["model_type"] == "dnc"
+  assert step == 2
+
+  # The SavedModel: reconstruct, loss and config, without kanerva_tf's classes.
+  x = _episode(length=4)
+  loaded = tf.saved_model.load(runs.export_dir(workdir))
+  assert set(loaded.signatures) == set(export_lib.SIGNATURES["dnc"])
+  got = loaded.signatures["reconstruct"](episode=x, seed=tf.constant([1, 2]))["images"]
+  np.testing.assert_allclose(got.numpy(), model.reconstruct(x, seed=(1, 2)).numpy(), atol=1e-5)
+  assert loaded.signatures["config"]()["model_type"].numpy() == b"dnc"
+  loss = loaded.signatures["loss"](episode=x, seed=tf.constant([3, 4]))
+  np.testing.assert_allclose(float(loss["loss"]), float(model(x, seed=(3, 4))["loss"]),
+                             rtol=1e-5)
+
+  # eval.py, in process (TFDS is mocked here only): bound, k = 2 importance samples, the
+  # episode-size sweep and the figures of a memory model (no interpolation).
+  spec = importlib.util.spec_from_file_location("eval_script_dnc", REPO / "eval.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  fv = flags.FlagValues()
+  script.define_flags(fv)
+  fv(["eval.py", f"--workdir={workdir}", "--num_batches=1", "--batch_size=2",
+      "--episode_sizes=4", "--class_counts=all", "--importance_samples=2"])
+  script.main(["eval.py"], fv)
+  with open(os.path.join(workdir, "eval", "eval.json")) as f:
+    saved = json.load(f)
+  assert saved["model_type"] == "dnc" and saved["addressing"] is None
+  assert np.isfinite(saved["bound"]["iw_loss"]) and "kl_memory" not in saved["bound"]
+  assert set(saved["figures"]) == {"reconstructions", "generation", "denoising",
+                                   "bound_vs_episode_size"}
+  assert any("interpolation" in note for note in saved["notes"])
+
+
+def test_train_py_model_dnc_on_mock_data(tmp_path):
+  workdir = tmp_path / "run"
+  code = f"""
+      import tensorflow_datasets as tfds
+      with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        import train
+        train.define_flags()
+        train.FLAGS(["train.py", "--model=dnc", "--dataset=omniglot", "--workdir={workdir}",
+                     "--train_steps=2", "--steps_per_call=1", "--batch_size=2",
+                     "--episode_length=3", "--eval_batches=1", "--log_every=1",
+                     "--image_every=0", "--eval_every=2", "--strategy=default",
+                     "--code_size=6", "--memory_size=5", "--address_size=4",
+                     "--num_filters=4", "--y_size=3", "--export=false"])
+        train.main(["train.py"])
+      print("OK")
+      """
+  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, timeout=600,
+                        capture_output=True, text=True,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+  assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-2")
+  with open(workdir / "config.json") as f:
+    assert json.load(f)["model_type"] == "dnc"
+  with open(workdir / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert {"kl_y", "kl_z", "reconstruction"} <= set(records[0])
