@@ -1,11 +1,29 @@
 """Tests of kanerva_tf.dnc (DNC addressing against hand-computed numbers) and of the DNC
 baseline kanerva_tf.dnc_model.DNCMachine (Appendix D)."""
 
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags
 
+import kanerva_tf as kt
+from kanerva_tf import data as data_lib
 from kanerva_tf import dnc
+from kanerva_tf import dnc_model
+from kanerva_tf import evaluation
+from kanerva_tf import export as export_lib
+from kanerva_tf import runs
+from kanerva_tf import training
 
 EPS = 1e-6  # dnc._EPSILON: the allocation's and the cosine's stabiliser
 
@@ -269,11 +287,6 @@ def test_read_stores_nothing_and_reads_each_input_alone():
 
 
 # ----------------------------------------------------------------------------- DNCMachine
-import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-import kanerva_tf as kt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kanerva_tf import dnc_model  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 TINY = kt.ModelConfig.omniglot(code_size=6, memory_size=5, address_size=4, num_filters=4,
                                y_size=3, mlp_hidden_size=8, episode_length=4)
 TINY_DNC = dnc_model.DNCConfig(num_reads=2, word_size=4, controller_hidden_size=8)
@@ -415,23 +428,6 @@ def test_write_address_mean_and_reuse_write_address():
 
 
 # ----------------------------------------------------------------------------- train / eval
-import importlib.util  # pylint: disable=g-import-not-at-top,wrong-import-position
-import json  # pylint: disable=g-import-not-at-top,wrong-import-position
-import os  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
-import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
-import textwrap  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kanerva_tf import evaluation  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kanerva_tf import export as export_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kanerva_tf import runs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from kanerva_tf import training  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
