@@ -13,8 +13,11 @@ Layout of `<workdir>`:
 
 import json
 import os
+import re
+import uuid
 
 import tensorflow as tf
+from absl import logging
 
 from kanerva_tf.config import ModelConfig
 from kanerva_tf.dnc_model import DNCMachine
@@ -22,7 +25,8 @@ from kanerva_tf.model import KanervaMachine
 from kanerva_tf.model import VAE
 
 __all__ = ["MODEL_TYPES", "build_model", "checkpointed_variables", "save_run_config", "load_run_config",
-           "restore_model", "checkpoint_dir", "export_dir", "metrics_path"]
+           "restore_model", "checkpoint_dir", "export_dir", "metrics_path",
+           "CheckpointError", "checkpoint_paths", "restore_checkpoint", "check_writable"]
 
 MODEL_TYPES = {"kanerva": KanervaMachine, "vae": VAE, "dnc": DNCMachine}
 CONFIG_FILE = "config.json"
@@ -79,12 +83,141 @@ def load_run_config(workdir):
     return json.load(f)
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint, or every checkpoint of a run, is damaged: its files do not restore."""
+
+
+# What TensorFlow raises for a checkpoint whose files are truncated, corrupted or missing: a
+# truncated .data file gives IndexError("Read less bytes than requested"), a bad checksum, a
+# damaged .index or a missing file an OpError (DataLossError, NotFoundError, ...). A model
+# that does not match the checkpoint (ValueError, AssertionError) is not damage: it propagates.
+_DAMAGE_ERRORS = (tf.errors.OpError, IndexError)
+
+
+def _describe(error):
+  message = (getattr(error, "message", None) or str(error)).strip().splitlines()
+  first = message[0] if message else ""
+  return f"{type(error).__name__}: {first[:300]}"
+
+
+def _checkpoint_number(path):
+  match = re.search(r"-(\d+)$", path)
+  return int(match.group(1)) if match else -1
+
+
+def _files_of(path):
+  files = sorted(tf.io.gfile.glob(path + ".*"))
+  return ", ".join(os.path.basename(f) for f in files) if files else "no files"
+
+
+def checkpoint_paths(directory):
+  """The checkpoints (path prefixes) in `directory`, newest (highest number = step) first.
+
+  Those that the `checkpoint` state file of the `tf.train.CheckpointManager` lists, and any
+  `ckpt-N.index` it does not list (a save that failed after writing its files, before
+  recording them; a lost state file): nothing on disk is overlooked.
+  """
+  def norm(path):
+    return path if "://" in path else os.path.normpath(path)
+
+  paths = set()
+  if tf.io.gfile.isdir(directory):
+    state = tf.train.get_checkpoint_state(directory)
+    if state is not None:
+      paths.update(norm(p) for p in state.all_model_checkpoint_paths)
+      paths.add(norm(state.model_checkpoint_path))
+    paths.update(norm(p[:-len(".index")])
+                 for p in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index")))
+  return sorted(paths, key=lambda p: (_checkpoint_number(p), p), reverse=True)
+
+
+def restore_checkpoint(checkpoint, directory, path=None, *, partial=False):
+  """Restores `checkpoint` from `path`, else from the newest checkpoint in `directory`
+  that restores.
+
+  A damaged checkpoint (truncated, corrupted or missing files) is skipped with a warning that
+  names it and the error, and the next older one is tried; damaged files are left in place
+  (training overwrites a checkpoint when it saves the same step again). A checkpoint that does
+  not match the objects of `checkpoint` (another model) is an error, not damage.
+
+  Args:
+    checkpoint: a `tf.train.Checkpoint`.
+    directory: the checkpoint directory, e.g. `checkpoint_dir(workdir)`.
+    path: a checkpoint path prefix to restore instead of the newest in `directory`; it is
+      the only one tried.
+    partial: restore with `read(...).expect_partial()` (e.g. the model's variables without
+      the optimizer), instead of `restore` of everything.
+
+  Returns:
+    The path restored, or None when `directory` holds no checkpoint (and no `path` is given).
+
+  Raises:
+    FileNotFoundError: `path` has no `.index` file.
+    CheckpointError: no candidate restores; the message names each one, its error and files.
+  """
+  if path is not None:
+    if not tf.io.gfile.exists(path + ".index"):
+      raise FileNotFoundError(f"Checkpoint {path} not found: there is no {path}.index "
+                              f"({_files_of(path)} with that prefix).")
+    candidates = [path]
+  else:
+    candidates = checkpoint_paths(directory)
+  failures = []
+  for candidate in candidates:
+    try:
+      if partial:
+        checkpoint.read(candidate).expect_partial().assert_existing_objects_matched()
+      else:
+        checkpoint.restore(candidate).assert_existing_objects_matched()
+    except _DAMAGE_ERRORS as e:
+      failures.append((candidate, e))
+      logging.warning("Checkpoint %s does not restore (%s; files: %s): skipping it.",
+                      candidate, _describe(e), _files_of(candidate))
+      continue
+    if failures:
+      logging.warning("Restored %s, the newest checkpoint that restores; skipped the damaged "
+                      "%s (left on disk).", candidate, ", ".join(p for p, _ in failures))
+    return candidate
+  if not failures:
+    return None
+  details = "; ".join(f"{p} ({_describe(e)}; files: {_files_of(p)})" for p, e in failures)
+  if path is not None:
+    raise CheckpointError(f"Checkpoint {path} does not restore: {details}. Pick another "
+                          "checkpoint, or restore its files from a backup.")
+  raise CheckpointError(
+      f"No checkpoint in {directory} restores, all {len(failures)} are damaged: {details}. "
+      f"Restore the files from a backup, or move {directory} aside to start over.")
+
+
+def check_writable(workdir):
+  """Creates `workdir` (and its parents) if needed and checks that files can be written in it
+  and in its `checkpoints/` (if that exists), by writing and removing a probe file.
+
+  Raises:
+    OSError: naming the directory and the cause (read-only, a parent that is a file, ...).
+  """
+  for directory in (workdir, checkpoint_dir(workdir)):
+    if directory != workdir and not tf.io.gfile.isdir(directory):
+      continue
+    probe = os.path.join(directory, f".write-test-{uuid.uuid4().hex[:8]}")
+    try:
+      tf.io.gfile.makedirs(directory)
+      with tf.io.gfile.GFile(probe, "w") as f:
+        f.write("")
+      tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as e:
+      raise OSError(f"Cannot write to the run directory {directory} ({_describe(e)}); nothing "
+                    "was trained. Use a workdir that can be written (missing parents are "
+                    "created), or fix its permissions.") from e
+
+
 def restore_model(workdir, checkpoint=None, model_overrides=None):
   """Rebuilds the run's model and restores its weights.
 
   Args:
     workdir: a run directory written by `kanerva_tf.training`.
-    checkpoint: a checkpoint path; default the latest in `<workdir>/checkpoints`.
+    checkpoint: a checkpoint path; default the newest in `<workdir>/checkpoints` that
+      restores (damaged ones are skipped with a warning, see `restore_checkpoint`).
     model_overrides: optional dict of `ModelConfig` fields to change before building, e.g.
       {"reuse_write_address": False} to evaluate with eq. 12's independent read; fields that
       change the variables (sizes) fail the restore.
@@ -92,16 +225,20 @@ def restore_model(workdir, checkpoint=None, model_overrides=None):
   Returns:
     (model, run_config, step): the built model with restored weights, the run's config
     dict, and the training step of the checkpoint.
+
+  Raises:
+    FileNotFoundError: no checkpoint (or no such `checkpoint`).
+    CheckpointError: the checkpoint, or every checkpoint of the run, is damaged.
   """
   run_config = load_run_config(workdir)
   config = ModelConfig.from_dict({**run_config["model"], **(model_overrides or {})})
   model = build_model(run_config["model_type"], config)
   model(tf.zeros((1, 2) + config.image_shape))  # create the variables
-  path = checkpoint or tf.train.latest_checkpoint(checkpoint_dir(workdir))
-  if path is None:
+  step = tf.Variable(0, dtype=tf.int64)
+  restored = restore_checkpoint(
+      tf.train.Checkpoint(model_variables=checkpointed_variables(model), step=step),
+      checkpoint_dir(workdir), checkpoint, partial=True)
+  if restored is None:
     raise FileNotFoundError(f"No checkpoint in {checkpoint_dir(workdir)}: train first, or pass "
                             "the path of a checkpoint.")
-  step = tf.Variable(0, dtype=tf.int64)
-  checkpoint = tf.train.Checkpoint(model_variables=checkpointed_variables(model), step=step)
-  checkpoint.read(path).expect_partial().assert_existing_objects_matched()
   return model, run_config, int(step.numpy())

@@ -266,6 +266,10 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
   return train_calls
 
 
+def _same_path(a, b):
+  return a is not None and b is not None and os.path.normpath(a) == os.path.normpath(b)
+
+
 class Interrupted(Exception):
   """Raised by `train_and_evaluate` after SIGTERM, once the checkpoint is saved."""
 
@@ -276,9 +280,16 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
   Returns:
     dict: the final step, the last training metrics and the last evaluation metrics.
 
+  A damaged newest checkpoint (truncated or corrupted files) is skipped with a warning and
+  the run resumes from the newest one that restores (`runs.restore_checkpoint`). A failure
+  while saving a checkpoint or the export propagates, and leaves the run resumable: a
+  checkpoint's files are recorded only once complete, the export is swapped in atomically.
+
   Raises:
     FloatingPointError: the loss became NaN/Inf; the last good checkpoint is kept.
     ValueError: inconsistent settings (workdir of another run, data vs model shapes, ...).
+    OSError: the workdir cannot be written (checked before any training).
+    runs.CheckpointError: the run has checkpoints but none of them restores.
   """
   cfg = train_config
   data_kwargs = cfg.data_kwargs()
@@ -299,6 +310,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
       "train": dataclasses.asdict(cfg),
   }
   run_config = json.loads(json.dumps(run_config))  # the form it takes in config.json
+  runs.check_writable(workdir)
   _check_run_config(workdir, run_config)
 
   strategy = make_strategy(cfg.strategy)
@@ -321,10 +333,11 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
                                      optimizer=optimizer, step=step)
   manager = tf.train.CheckpointManager(checkpoint, runs.checkpoint_dir(workdir),
                                        max_to_keep=cfg.max_checkpoints)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("Resumed from %s at step %d", manager.latest_checkpoint, int(step.numpy()))
+  restored = runs.restore_checkpoint(checkpoint, runs.checkpoint_dir(workdir))
+  if restored:
+    logging.info("Resumed from %s at step %d", restored, int(step.numpy()))
   start_step = int(step.numpy())
+  last_good = [restored]  # the newest checkpoint known to restore
 
   # Batch i of the data is a pure function of (seed, i): a resumed run draws fresh batches.
   train_ds = data_lib.episode_dataset(
@@ -355,10 +368,12 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
 
   def save(now, metrics):
     if not all(math.isfinite(v) for v in metrics.values()):
+      kept = (f"the last good checkpoint {last_good[0]} is kept" if last_good[0]
+              else "no checkpoint had been saved")
       raise FloatingPointError(
-          f"Non-finite training loss at step {now} ({metrics}); the last good checkpoint "
-          f"{manager.latest_checkpoint} is kept. Lower --learning_rate or check the data.")
-    manager.save(checkpoint_number=now)
+          f"Non-finite training loss at step {now} ({metrics}); {kept}. Lower "
+          "--learning_rate or check the data.")
+    last_good[0] = manager.save(checkpoint_number=now)
 
   def on_sigterm(signum, frame):  # pylint: disable=unused-argument
     raise Interrupted()
@@ -416,7 +431,9 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
       if due(cfg.image_every, now) or last:
         with writers["train"].as_default():
           _log_images(model, cfg.model_type, image_episode, now, cfg.seed)
-    if now > start_step or manager.latest_checkpoint is None:
+    # Also when the run resumed from a checkpoint that the state file does not name as the
+    # latest (the newer one was damaged, or never recorded): record it as the latest.
+    if now > start_step or not _same_path(manager.latest_checkpoint, restored):
       save(now, metrics)
   except (KeyboardInterrupt, Interrupted):
     now = int(step.numpy())

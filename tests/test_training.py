@@ -1,6 +1,8 @@
 """Tests of kanerva_tf.training and train.py: end to end on mock data, resume, NaN, MirroredStrategy."""
 
+import errno
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -220,6 +222,135 @@ def test_a_run_resumes_from_another_data_dir_but_not_other_data(mock_omniglot, t
   with pytest.raises(ValueError, match=r"different data \(grayscale: saved None, now True\)"):
     training.train_and_evaluate(TINY, _train_config(train_steps=6, grayscale=True, **cfg),
                                 workdir)
+
+
+# ----------------------------------------------------------------------------- failures
+def _quiet(**overrides):
+  """A tiny run that only trains and checkpoints (every 2 steps)."""
+  return _train_config(**{**dict(eval_every=0, image_every=0), **overrides})
+
+
+def _warnings(caplog):
+  return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_newest_that_restores(
+    mock_omniglot, tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  ckpt_dir = runs.checkpoint_dir(workdir)
+  training.train_and_evaluate(TINY, _quiet(train_steps=4), workdir)
+  damaged = os.path.join(ckpt_dir, "ckpt-4")
+  data_file = damaged + ".data-00000-of-00001"
+  with open(data_file, "r+b") as f:
+    f.truncate(os.path.getsize(data_file) // 2)
+  with caplog.at_level(logging.INFO):
+    result = training.train_and_evaluate(TINY, _quiet(train_steps=6), workdir)
+  assert result["step"] == 6
+  warnings = _warnings(caplog)
+  assert f"Checkpoint {damaged} does not restore (IndexError: Read less bytes" in warnings
+  assert "Resumed from" in caplog.text and "ckpt-2 at step 2" in caplog.text
+  train_steps = [r["step"] for r in _metrics(workdir) if r["split"] == "train"]
+  assert train_steps == [2, 4, 4, 6]  # steps 3-4 trained again
+  # Passing step 4 again rewrote ckpt-4: it restores now.
+  assert runs.restore_model(workdir, checkpoint=damaged)[2] == 4
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-6")
+
+  # Every checkpoint damaged: one error naming them, before any training; nothing deleted.
+  for name in os.listdir(ckpt_dir):
+    if ".data-" in name:
+      with open(os.path.join(ckpt_dir, name), "r+b") as f:
+        f.truncate(10)
+  before = sorted(os.listdir(ckpt_dir))
+  with pytest.raises(runs.CheckpointError, match=r"No checkpoint in .* restores, all 3 are "
+                     r"damaged: .*ckpt-6 \(IndexError.*files: ckpt-6.data-00000-of-00001, "
+                     r"ckpt-6.index\)"):
+    training.train_and_evaluate(TINY, _quiet(train_steps=8), workdir)
+  assert sorted(os.listdir(ckpt_dir)) == before
+
+
+def test_an_unwritable_workdir_is_refused_before_any_training(mock_omniglot, tmp_path,
+                                                              monkeypatch):
+  def no_training(*args, **kwargs):
+    raise AssertionError("training started")
+
+  monkeypatch.setattr(training, "make_train_function", no_training)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(OSError, match=r"Cannot write to the run directory .*file/run "
+                     r"\(FailedPreconditionError: .*not a directory\); nothing was trained"):
+    training.train_and_evaluate(TINY, _quiet(), str(tmp_path / "file" / "run"))
+  if os.geteuid() != 0:  # root writes into read-only directories
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(OSError, match="Cannot write to the run directory"):
+      training.train_and_evaluate(TINY, _quiet(), str(tmp_path / "ro"))
+
+
+@pytest.mark.parametrize("failure", ["while writing", "before recording"])
+def test_a_failing_checkpoint_save_leaves_a_resumable_run(mock_omniglot, tmp_path,
+                                                          monkeypatch, failure):
+  """The save at step 4 fails (a full disk): while writing its files (a partial temporary
+  directory is left), or after writing them but before the state file records them. The
+  run re-run continues from a checkpoint that restores and finishes."""
+  workdir = str(tmp_path / "run")
+  ckpt_dir = runs.checkpoint_dir(workdir)
+  disk_full = OSError(errno.ENOSPC, "No space left on device")
+  if failure == "while writing":
+    original = tf.train.CheckpointManager.save
+
+    def save(self, checkpoint_number=None, **kwargs):
+      if checkpoint_number == 4:
+        partial = os.path.join(ckpt_dir, "ckpt-4_temp")
+        os.makedirs(partial)
+        with open(os.path.join(partial, "part-00000-of-00001.data-00000-of-00001"), "wb") as f:
+          f.write(b"\0" * 100)
+        raise disk_full
+      return original(self, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+  else:
+    original = tf.train.CheckpointManager._record_state
+
+    def record_state(self):
+      if self.latest_checkpoint.endswith("ckpt-4"):
+        raise disk_full
+      original(self)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "_record_state", record_state)
+  with pytest.raises(OSError, match="No space left on device"):
+    training.train_and_evaluate(TINY, _quiet(train_steps=4), workdir)
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-2")
+  monkeypatch.undo()
+  result = training.train_and_evaluate(TINY, _quiet(train_steps=6), workdir)
+  assert result["step"] == 6
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-6")
+  assert runs.restore_model(workdir)[2] == 6
+  for path in tf.train.get_checkpoint_state(ckpt_dir).all_model_checkpoint_paths:
+    runs.restore_model(workdir, checkpoint=path)  # every recorded checkpoint restores
+
+
+def test_a_failing_export_leaves_a_resumable_run(mock_omniglot, tmp_path, monkeypatch):
+  """The SavedModel save fails after writing its files: no export, nothing half-written
+  left; the re-run trains nothing more and exports the final checkpoint."""
+  workdir = str(tmp_path / "run")
+  original = tf.saved_model.save
+
+  def failing_save(obj, export_dir, *args, **kwargs):
+    original(obj, export_dir, *args, **kwargs)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(tf.saved_model, "save", failing_save)
+  config = _quiet(train_steps=2, export=True)
+  with pytest.raises(OSError, match="No space left on device"):
+    training.train_and_evaluate(TINY, config, workdir)
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl",
+                                         "test", "train"]
+  monkeypatch.undo()
+  result = training.train_and_evaluate(TINY, config, workdir)
+  assert result["step"] == 2 and not result["train"]  # resumed at the end: no training
+  model, _, step = runs.restore_model(workdir)
+  assert step == 2
+  loaded = tf.saved_model.load(runs.export_dir(workdir))
+  for got, want in zip(loaded.model_variables, model.variables):
+    np.testing.assert_array_equal(got.numpy(), np.asarray(want))
 
 
 # ----------------------------------------------------------------------------- distribution

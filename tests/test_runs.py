@@ -1,0 +1,192 @@
+"""Tests of kanerva_tf.runs: checkpoint discovery and restore (damaged checkpoints), writable
+workdirs, restore_model. Training-level resume tests are in test_training.py."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kanerva_tf as kt
+from kanerva_tf import runs
+
+TINY = kt.ModelConfig.omniglot(code_size=6, memory_size=5, address_size=4, num_filters=4,
+                               y_size=3, mlp_hidden_size=8, episode_length=4)
+
+
+def _truncate(path, keep=0.5):
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(int(size * keep))
+
+
+def _data_file(prefix):
+  return prefix + ".data-00000-of-00001"
+
+
+def _variables(seed):
+  return [tf.Variable(tf.random.stateless_normal([20, 10], (seed, 0))),
+          tf.Variable(tf.random.stateless_normal([3], (seed, 1)))]
+
+
+def _checkpoints(directory, steps):
+  """A CheckpointManager directory with one checkpoint per step; returns {step: values}."""
+  variables = _variables(0)
+  step = tf.Variable(0, dtype=tf.int64)
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(variables=variables, step=step), directory, max_to_keep=5)
+  saved = {}
+  for s in steps:
+    for i, v in enumerate(variables):
+      v.assign(tf.random.stateless_normal(v.shape, (s, i)))
+    step.assign(s)
+    manager.save(checkpoint_number=s)
+    saved[s] = [v.numpy() for v in variables]
+  return saved
+
+
+def _fresh():
+  variables, step = _variables(99), tf.Variable(-1, dtype=tf.int64)
+  return tf.train.Checkpoint(variables=variables, step=step), variables, step
+
+
+# ----------------------------------------------------------------------------- restore
+def test_restore_checkpoint_takes_the_newest(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  saved = _checkpoints(directory, [2, 4, 6])
+  assert [os.path.basename(p) for p in runs.checkpoint_paths(directory)] == [
+      "ckpt-6", "ckpt-4", "ckpt-2"]
+  checkpoint, variables, step = _fresh()
+  assert runs.restore_checkpoint(checkpoint, directory).endswith("ckpt-6")
+  assert int(step.numpy()) == 6
+  for v, want in zip(variables, saved[6]):
+    np.testing.assert_array_equal(v.numpy(), want)
+  assert runs.restore_checkpoint(_fresh()[0], str(tmp_path / "empty")) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated data", "corrupted data", "missing data",
+                                    "truncated index"])
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, damage):
+  directory = str(tmp_path / "checkpoints")
+  saved = _checkpoints(directory, [2, 4])
+  newest = os.path.join(directory, "ckpt-4")
+  if damage == "truncated data":
+    _truncate(_data_file(newest))
+  elif damage == "corrupted data":
+    raw = bytearray(open(_data_file(newest), "rb").read())
+    raw[len(raw) // 2:] = bytes(len(raw) - len(raw) // 2)
+    open(_data_file(newest), "wb").write(bytes(raw))
+  elif damage == "missing data":
+    os.remove(_data_file(newest))
+  else:
+    _truncate(newest + ".index")
+  checkpoint, variables, step = _fresh()
+  with caplog.at_level(logging.WARNING):
+    restored = runs.restore_checkpoint(checkpoint, directory)
+  assert restored.endswith("ckpt-2")
+  assert int(step.numpy()) == 2
+  for v, want in zip(variables, saved[2]):  # every value from ckpt-2, none left from ckpt-4
+    np.testing.assert_array_equal(v.numpy(), want)
+  warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+  assert f"Checkpoint {newest} does not restore" in warnings, warnings
+  assert "skipped the damaged" in warnings and "ckpt-4.index" in warnings
+  assert os.path.exists(newest + ".index")  # damaged files are left in place
+
+
+def test_no_checkpoint_restores_is_one_error_naming_the_files(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  _checkpoints(directory, [2, 4])
+  for s in (2, 4):
+    _truncate(_data_file(os.path.join(directory, f"ckpt-{s}")))
+  before = sorted(os.listdir(directory))
+  with pytest.raises(runs.CheckpointError) as info:
+    runs.restore_checkpoint(_fresh()[0], directory)
+  message = str(info.value)
+  assert "\n" not in message and f"No checkpoint in {directory} restores" in message
+  for s in (2, 4):
+    assert f"ckpt-{s}.data-00000-of-00001, ckpt-{s}.index" in message
+  assert "Read less bytes than requested" in message
+  assert sorted(os.listdir(directory)) == before  # nothing deleted
+
+
+def test_an_explicit_checkpoint_is_the_only_one_tried(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  _checkpoints(directory, [2, 4])
+  path = os.path.join(directory, "ckpt-4")
+  _truncate(_data_file(path))
+  with pytest.raises(runs.CheckpointError, match=f"Checkpoint {path} does not restore"):
+    runs.restore_checkpoint(_fresh()[0], directory, path)
+  with pytest.raises(FileNotFoundError, match="ckpt-9 not found: there is no .*ckpt-9.index"):
+    runs.restore_checkpoint(_fresh()[0], directory, os.path.join(directory, "ckpt-9"))
+
+
+def test_a_different_model_is_an_error_not_damage(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  _checkpoints(directory, [2])
+  other = tf.train.Checkpoint(variables=[tf.Variable(tf.zeros([20, 11])),
+                                         tf.Variable(tf.zeros([3]))])
+  with pytest.raises(ValueError, match="incompatible tensor with shape"):
+    runs.restore_checkpoint(other, directory, partial=True)
+
+
+def test_unrecorded_or_unlisted_checkpoints_are_found(tmp_path):
+  """A save that wrote its files but not the state file, or a lost state file: the
+  checkpoints on disk are still candidates, newest first."""
+  directory = str(tmp_path / "checkpoints")
+  _checkpoints(directory, [2, 4])
+  os.remove(os.path.join(directory, "checkpoint"))
+  checkpoint, _, step = _fresh()
+  assert runs.restore_checkpoint(checkpoint, directory).endswith("ckpt-4")
+  assert int(step.numpy()) == 4
+
+
+def test_restore_model_skips_a_damaged_newest_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  runs.save_run_config(workdir, {"model_type": "vae", "model": TINY.to_dict(),
+                                 "data": {"dataset": "omniglot"}})
+  model = runs.build_model("vae", TINY)
+  model(tf.zeros((1, 2) + TINY.image_shape))
+  step = tf.Variable(0, dtype=tf.int64)
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(model_variables=runs.checkpointed_variables(model), step=step),
+      runs.checkpoint_dir(workdir), max_to_keep=3)
+  weights = {}
+  for s in (3, 5):
+    model.variables[0].assign(tf.fill(model.variables[0].shape, float(s)))
+    step.assign(s)
+    manager.save(checkpoint_number=s)
+    weights[s] = model.variables[0].numpy()
+  _truncate(_data_file(manager.latest_checkpoint))
+  restored, _, got_step = runs.restore_model(workdir)
+  assert got_step == 3
+  np.testing.assert_array_equal(restored.variables[0].numpy(), weights[3])
+  with pytest.raises(runs.CheckpointError, match="ckpt-5 does not restore"):
+    runs.restore_model(workdir, checkpoint=manager.latest_checkpoint)
+
+
+# ----------------------------------------------------------------------------- workdir
+def test_check_writable_creates_the_workdir(tmp_path):
+  workdir = tmp_path / "a" / "b" / "run"
+  runs.check_writable(str(workdir))
+  assert workdir.is_dir() and not os.listdir(workdir)  # the probe file is removed
+
+
+def test_check_writable_refuses_a_parent_that_is_a_file(tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(OSError, match=r"Cannot write to the run directory .*file/run .*"
+                     r"not a directory"):
+    runs.check_writable(str(tmp_path / "file" / "run"))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only directories")
+def test_check_writable_refuses_a_read_only_directory(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  workdir.chmod(0o555)
+  try:
+    with pytest.raises(OSError, match=f"Cannot write to the run directory {workdir}"):
+      runs.check_writable(str(workdir))
+  finally:
+    workdir.chmod(0o755)
