@@ -138,4 +138,14 @@ def _prepare_and_main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(_prepare_and_main)
+
+  def _main_with_clear_errors(argv):
+    """`prepare_data` and `main`; an error of a setting is one line on stderr
+    (`kanerva_tf.cli`; the full traceback with KANERVA_TRACEBACK=1 or --verbosity=1)."""
+    try:
+      _prepare_and_main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      from kanerva_tf import cli  # pylint: disable=g-import-not-at-top
+      cli.exit_with_error("eval.py", e)
+
+  app.run(_main_with_clear_errors)

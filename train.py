@@ -154,9 +154,23 @@ def main(argv):
     logging.warning("Interrupted by SIGTERM; the checkpoint is saved in %s: re-run the same "
                     "command to resume.", FLAGS.workdir)
     raise SystemExit(143) from None
+  except KeyboardInterrupt:
+    logging.warning("Interrupted by Ctrl-C; the checkpoints in %s include the last step "
+                    "trained: re-run the same command to resume.", FLAGS.workdir)
+    raise SystemExit(130) from None
   logging.info("Done at step %d: %s", result["step"], result["eval"])
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+
+  def _main_with_clear_errors(argv):
+    """`main`; an error of a setting is one line on stderr (`kanerva_tf.cli`; the full
+    traceback with KANERVA_TRACEBACK=1 or --verbosity=1)."""
+    try:
+      main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      from kanerva_tf import cli  # pylint: disable=g-import-not-at-top
+      cli.exit_with_error("train.py", e)
+
+  app.run(_main_with_clear_errors)

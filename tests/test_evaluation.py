@@ -354,6 +354,33 @@ def test_eval_script_missing_workdir(tmp_path):
   assert "is not a training run directory: it has no config.json" in proc.stderr, proc.stderr
 
 
+@pytest.mark.skipif(not _real_tfds_dir().is_dir(), reason="../shared/tfds (prepared TFDS data) "
+                    "is absent; set KANERVA_TFDS_DIR to run this test")
+def test_eval_script_reports_a_damaged_checkpoint_in_one_line(tmp_path):
+  """The run's only checkpoint is truncated: one line naming its files, exit status 1;
+  --verbosity=1 adds the traceback. A usage error is one line too, not the usage text."""
+  workdir = tmp_path / "run"
+  _make_run(workdir, "vae")
+  prefix = tf.train.latest_checkpoint(runs.checkpoint_dir(str(workdir)))
+  with open(prefix + ".data-00000-of-00001", "r+b") as f:
+    f.truncate(10)
+  args = [f"--workdir={workdir}", f"--data_dir={_real_tfds_dir()}", "--nofigures"]
+  for extra, traceback in [([], False), (["--verbosity=1"], True)]:
+    proc = _run_script(*args, *extra)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"eval.py: error: No checkpoint in {workdir / 'checkpoints'} "
+                           "restores, all 1 are damaged"), last
+    assert "ckpt-1.data-00000-of-00001, ckpt-1.index" in last
+    assert ("Traceback (most recent call last)" in proc.stderr) == traceback
+  assert not (workdir / "eval").exists()
+  proc = _run_script(f"--workdir={tmp_path / 'nope'}")
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"eval.py: error: --workdir={tmp_path / 'nope'} is not a training run directory: it has "
+      "no config.json (train.py writes it when a run starts).")
+
+
 @pytest.mark.parametrize("download", [True, False])
 def test_eval_script_without_the_data_fails_fast_with_a_clear_error(download, tmp_path):
   """The run's data directory is empty and there is no internet (requests go to a closed local

@@ -478,14 +478,14 @@ def test_train_py_without_the_data_fails_fast_with_a_clear_error(download, tmp_p
        f"--workdir={workdir}", "--download" if download else "--nodownload"],
       cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
   assert time.monotonic() - start < 60  # TensorFlow's import included
-  assert proc.returncode != 0
+  assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("kanerva_tf.data.DatasetNotFoundError: dataset 'omniglot'"), last
+  assert last.startswith("train.py: error: dataset 'omniglot'"), last
   assert f"is not prepared in data_dir {data_dir}" in last
   assert ("Downloading it failed: ConnectionError" in last if download
           else "Downloading is off" in last), last
   assert "tfds build omniglot" in last and "TFDS_DATA_DIR" in last
-  assert proc.stderr.count("Traceback") == 1
+  assert "Traceback" not in proc.stderr
   assert not workdir.exists() and not list(data_dir.iterdir())
 
 
@@ -496,6 +496,80 @@ def test_train_py_rejects_bad_flags_before_any_work(tmp_path):
   assert proc.returncode != 0
   assert "--batch_size=0" in proc.stderr and "positive" in proc.stderr
   assert not os.listdir(tmp_path)
+
+
+def _last_line(stderr):
+  return stderr.strip().splitlines()[-1]
+
+
+def test_train_py_reports_a_bad_setting_in_one_line_or_a_traceback_on_request(tmp_path):
+  """A ValueError of the library (here ModelConfig's) is one line on stderr and exit status 1;
+  KANERVA_TRACEBACK=1 or --verbosity=1 adds the traceback."""
+  args = [sys.executable, "train.py", "--flagfile=omniglot.flags", f"--workdir={tmp_path}",
+          "--chunk_size=4"]
+  message = ("train.py: error: ModelConfig.chunk_size is only used with write_method='online'; "
+             "got chunk_size=4 with 'batch'.")
+  env = {k: v for k, v in os.environ.items() if k != "KANERVA_TRACEBACK"}
+  for extra_args, extra_env, traceback in [([], {}, False),
+                                           ([], {"KANERVA_TRACEBACK": "1"}, True),
+                                           (["--verbosity=1"], {}, True)]:
+    proc = subprocess.run(args + extra_args, cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**env, **extra_env})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert _last_line(proc.stderr) == message, proc.stderr[-3000:]
+    assert ("Traceback (most recent call last)" in proc.stderr) == traceback
+    assert proc.stderr.count(message) == 1  # not also absl's usage text
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED_TFDS / "cifar10").is_dir() or not (SHARED_TFDS / "omniglot").is_dir(),
+                    reason=f"prepared TFDS omniglot and cifar10 not found in {SHARED_TFDS}")
+def test_train_py_reports_library_errors_in_one_line(tmp_path):
+  """Errors found once the data is known: a Bernoulli likelihood on colour images, a workdir
+  holding another model's run, a workdir that cannot be written."""
+  other = tmp_path / "other"
+  runs.save_run_config(str(other), json.loads(json.dumps({
+      "model_type": "kanerva", "model": TINY.to_dict(), "data": {"dataset": "omniglot"},
+      "train": {}})))
+  (tmp_path / "file").write_text("")
+  cases = [
+      (["--flagfile=cifar.flags", "--likelihood=bernoulli", f"--workdir={tmp_path / 'a'}"],
+       "train.py: error: likelihood 'bernoulli' needs binarized images, but 'cifar10' is "
+       "loaded with binarize=False"),
+      (["--flagfile=omniglot.flags", f"--workdir={other}"],
+       f"train.py: error: '{other}' holds a run with a different model ("),
+      (["--flagfile=omniglot.flags", f"--workdir={tmp_path / 'file' / 'run'}"],
+       f"train.py: error: Cannot write to the run directory {tmp_path / 'file' / 'run'} "
+       "(FailedPreconditionError"),
+  ]
+  env = {k: v for k, v in os.environ.items() if k != "KANERVA_TRACEBACK"}
+  for args, start in cases:
+    proc = subprocess.run([sys.executable, "train.py", f"--data_dir={SHARED_TFDS}", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert _last_line(proc.stderr).startswith(start), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "a").exists()
+  assert sorted(os.listdir(other)) == ["config.json"]
+
+
+def test_train_py_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
+  proc = _run_python(f"""
+      import train
+      from kanerva_tf import training
+      def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt()
+      training.train_and_evaluate = interrupted
+      train.define_flags()
+      train.FLAGS(["train.py", "--flagfile=omniglot.flags", "--workdir={tmp_path}"])
+      try:
+        train.main(["train.py"])
+      except SystemExit as e:
+        print("EXIT", e.code)
+      """)
+  assert "EXIT 130" in proc.stdout, proc.stderr[-3000:]
+  assert (f"Interrupted by Ctrl-C; the checkpoints in {tmp_path} include the last step "
+          "trained: re-run the same command to resume.") in proc.stderr
 
 
 @pytest.mark.skipif(not (SHARED_TFDS / "omniglot").is_dir(),
