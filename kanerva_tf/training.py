@@ -336,6 +336,11 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
   restored = runs.restore_checkpoint(checkpoint, runs.checkpoint_dir(workdir))
   if restored:
     logging.info("Resumed from %s at step %d", restored, int(step.numpy()))
+    saved_rate = float(optimizer.learning_rate)  # restored with the optimizer's variables
+    if not math.isclose(saved_rate, cfg.learning_rate, rel_tol=1e-5):
+      logging.warning("The run resumes with the learning rate %g of its checkpoint, not "
+                      "learning_rate=%g: the optimizer's state, its learning rate included, "
+                      "comes from the checkpoint.", saved_rate, cfg.learning_rate)
   start_step = int(step.numpy())
   last_good = [restored]  # the newest checkpoint known to restore
 

@@ -248,6 +248,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_newest_that_restores(
   assert result["step"] == 6
   warnings = _warnings(caplog)
   assert f"Checkpoint {damaged} does not restore (IndexError: Read less bytes" in warnings
+  assert "learning rate" not in warnings  # resumed with the same one
   assert "Resumed from" in caplog.text and "ckpt-2 at step 2" in caplog.text
   train_steps = [r["step"] for r in _metrics(workdir) if r["split"] == "train"]
   assert train_steps == [2, 4, 4, 6]  # steps 3-4 trained again
@@ -282,6 +283,17 @@ def test_an_unwritable_workdir_is_refused_before_any_training(mock_omniglot, tmp
     (tmp_path / "ro").mkdir(mode=0o555)
     with pytest.raises(OSError, match="Cannot write to the run directory"):
       training.train_and_evaluate(TINY, _quiet(), str(tmp_path / "ro"))
+
+
+def test_a_changed_learning_rate_on_resume_is_not_silent(mock_omniglot, tmp_path, caplog):
+  """The checkpoint restores Adam's learning rate with its other variables: a resumed run
+  with another learning_rate keeps the checkpoint's, and says so."""
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(TINY, _quiet(train_steps=2, learning_rate=1e-3), workdir)
+  with caplog.at_level(logging.WARNING):
+    training.train_and_evaluate(TINY, _quiet(train_steps=4, learning_rate=5e-4), workdir)
+  assert ("resumes with the learning rate 0.001 of its checkpoint, not learning_rate=0.0005"
+          in _warnings(caplog))
 
 
 @pytest.mark.parametrize("failure", ["while writing", "before recording"])
