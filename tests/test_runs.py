@@ -82,7 +82,7 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, d
   else:
     _truncate(newest + ".index")
   checkpoint, variables, step = _fresh()
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.WARNING, logger="absl"):
     restored = runs.restore_checkpoint(checkpoint, directory)
   assert restored.endswith("ckpt-2")
   assert int(step.numpy()) == 2

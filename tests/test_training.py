@@ -243,7 +243,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_newest_that_restores(
   data_file = damaged + ".data-00000-of-00001"
   with open(data_file, "r+b") as f:
     f.truncate(os.path.getsize(data_file) // 2)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     result = training.train_and_evaluate(TINY, _quiet(train_steps=6), workdir)
   assert result["step"] == 6
   warnings = _warnings(caplog)
@@ -290,7 +290,7 @@ def test_a_changed_learning_rate_on_resume_is_not_silent(mock_omniglot, tmp_path
   with another learning_rate keeps the checkpoint's, and says so."""
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(TINY, _quiet(train_steps=2, learning_rate=1e-3), workdir)
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.WARNING, logger="absl"):
     training.train_and_evaluate(TINY, _quiet(train_steps=4, learning_rate=5e-4), workdir)
   assert ("resumes with the learning rate 0.001 of its checkpoint, not learning_rate=0.0005"
           in _warnings(caplog))
