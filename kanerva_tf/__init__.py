@@ -31,5 +31,6 @@ from kanerva_tf.config import ModelConfig
 from kanerva_tf.memory import KanervaMemory
 from kanerva_tf.model import VAE
 from kanerva_tf.model import KanervaMachine
+from kanerva_tf.sdm import SparseDistributedMemory
 
-__all__ = ["KanervaMemory", "KanervaMachine", "ModelConfig", "VAE"]
+__all__ = ["KanervaMemory", "KanervaMachine", "ModelConfig", "SparseDistributedMemory", "VAE"]
