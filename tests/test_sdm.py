@@ -355,3 +355,27 @@ def test_bad_constructor_arguments_are_refused():
     SparseDistributedMemory(np.ones([20, 8]), radius=3, counters=np.zeros([20, 7], np.int32))
   with pytest.raises(ValueError, match=r"counters must be integers.*float32"):
     SparseDistributedMemory(np.ones([20, 8]), radius=3, counters=np.zeros([20, 8], np.float32))
+
+
+# ------------------------------------------------------------------ bench/sdm_recall.py
+def test_bench_sdm_recall_smoke(tmp_path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "sdm_recall.py"
+  spec = importlib.util.spec_from_file_location("sdm_recall", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  bench.main(["--num_addresses", "300", "--dim", "64", "--radius", "26", "--loads", "5,40",
+              "--noise", "0,0.25", "--iterations", "2", "--queries", "8", "--threads", "0",
+              "--out_dir", str(tmp_path)])
+  results = json.loads((tmp_path / "sdm_recall.json").read_text())
+  assert (tmp_path / "sdm_recall.png").stat().st_size > 0
+  table = (tmp_path / "sdm_recall.md").read_text()
+  assert "python bench/sdm_recall.py --num_addresses 300" in table and "| 40 |" in table
+  assert [(r["stored"], r["noise"], r["queries"]) for r in results["rows"]] == [
+      (5, 0., 5), (5, 0.25, 5), (40, 0., 8), (40, 0.25, 8)]
+  for r in results["rows"]:
+    assert len(r["error"]) == 3 and r["error"][0] == 16 / 64 * (r["noise"] > 0)
+  p = sum(math.comb(64, i) for i in range(27)) / 2 ** 64
+  assert results["selected_fraction_expected"] == pytest.approx(p)
