@@ -156,11 +156,8 @@ class SparseDistributedMemory(tf.experimental.ExtensionType):
       ValueError: addresses not `[K, D]` in {-1, +1}; a bad radius; counters not an
         integer `[K, D]`.
     """
-    if tf.is_tensor(addresses) and addresses.dtype == tf.float32 and addresses.shape.rank == 2:
-      dim = tf.compat.dimension_value(addresses.shape[-1])
-    else:
-      addresses = tf.convert_to_tensor(addresses, name="addresses")
-      dim = tf.compat.dimension_value(addresses.shape[-1]) if addresses.shape.rank else None
+    addresses = tf.convert_to_tensor(addresses, name="addresses")
+    dim = tf.compat.dimension_value(addresses.shape[-1]) if addresses.shape.rank else None
     if addresses.shape.rank != 2 or dim is None or addresses.shape[0] is None:
       raise ValueError("SparseDistributedMemory: addresses must be [K, D] (static shape) with "
                        f"entries in {{-1, +1}}; got shape {addresses.shape}.")
