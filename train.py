@@ -23,6 +23,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Every flag has a default and a help string; sizes default to the dataset's preset."""
+  from kanerva_tf import config  # pylint: disable=g-import-not-at-top
   # Data.
   flags.DEFINE_string("dataset", "omniglot", "TFDS image dataset: omniglot, cifar10, or any "
                       "TFDS dataset with an 'image' feature.")
@@ -67,21 +68,24 @@ def define_flags():
                        "N) in the training loss (0 = off: eq. 12 throughout).", lower_bound=0)
   flags.DEFINE_bool("reuse_write_address", False, "Experiment switch, NOT eq. 12: read x_t with "
                     "the address sample that wrote it (see kanerva_tf.ModelConfig).")
-  flags.DEFINE_enum("read_posterior", "concat", ["concat", "residual", "encoder_skip"],
+  flags.DEFINE_enum("read_posterior", None, config.READ_POSTERIORS,
                     "Kanerva Machine: q(z|x,y,M) mean from the MLP (concat), read + MLP output "
-                    "(residual), or mean of q(z|x) + MLP output (encoder_skip).")
+                    "(residual), or mean of q(z|x) + MLP output (encoder_skip) (default: "
+                    "preset, encoder_skip).")
   flags.DEFINE_float("prior_loc_stddev", 0., "Kanerva Machine: initial R_0 entries "
                      "~ truncated N(0, s^2) (0 = zeros).", lower_bound=0.)
   flags.DEFINE_float("y_scale", None, "Kanerva Machine: one learned scale of q(y|x) shared by "
                      "all inputs, initialised to this value; 0 = a scale per input output by the "
                      "q(y|x) MLP (default: preset).", lower_bound=0.)
-  flags.DEFINE_enum("write_address", None, ["sample", "mean"], "Kanerva Machine: write with "
-                    "w from a sample of q(y|x) or from its mean (default: preset).")
+  flags.DEFINE_enum("write_address", None, config.WRITE_ADDRESSES, "Kanerva Machine: write "
+                    "with w from a sample of q(y|x) or from its mean (default: preset, mean).")
   # Optimisation and distribution.
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.")
   flags.DEFINE_integer("train_steps", 100_000, "Total training steps.", lower_bound=1)
   flags.DEFINE_integer("batch_size", 16, "Global batch B of episodes.", lower_bound=1)
-  flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate.", lower_bound=0.)
+  flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate (paper: 1e-4; 3e-4 is in its "
+                     "robust range and trains both models faster here, RESULTS.md).",
+                     lower_bound=0.)
   flags.DEFINE_integer("seed", 0, "Seed of initialisation, data and sampling.")
   flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "default"],
                     "tf.distribute strategy: mirrored = all local GPUs (else CPU devices).")
@@ -119,7 +123,8 @@ def configs_from_flags():
       kl_y_warmup_steps=FLAGS.kl_y_warmup_steps)
   overrides = {k: getattr(FLAGS, k) for k in (
       "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size",
-      "y_size", "y_noise_std", "noise_variance", "y_scale", "write_address")
+      "y_size", "y_noise_std", "noise_variance", "y_scale", "write_address",
+      "read_posterior")
                if getattr(FLAGS, k) is not None}
   if overrides.get("y_scale") == 0:
     overrides["y_scale"] = None  # --y_scale=0: the per-input scale of the q(y|x) MLP
@@ -127,7 +132,6 @@ def configs_from_flags():
                    distribution_memory=FLAGS.distribution_memory,
                    kernel_initializer=FLAGS.kernel_initializer,
                    reuse_write_address=FLAGS.reuse_write_address,
-                   read_posterior=FLAGS.read_posterior,
                    prior_loc_stddev=FLAGS.prior_loc_stddev)
   if FLAGS.dataset == "omniglot" and FLAGS.image_size in (None, 28) and FLAGS.grayscale in (None, True):
     return ModelConfig.omniglot(**overrides), train_config

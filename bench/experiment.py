@@ -87,6 +87,18 @@ def run_all(jobs, parallel):
   return codes
 
 
+def latest_step(workdir):
+  """Step of the newest checkpoint of a run (from `checkpoints/checkpoint`), or None."""
+  path = os.path.join(workdir, "checkpoints", "checkpoint")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    for line in f:
+      if line.startswith("model_checkpoint_path:"):
+        return int(line.split(":", 1)[1].strip().strip('"').rsplit("-", 1)[-1])
+  return None
+
+
 def train(name, exp, args):
   specs = run_specs(name, exp, args.steps)
   jobs = [((run, seed), (lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "train.log")))
@@ -105,6 +117,20 @@ def evaluate(name, exp, args):
   specs = run_specs(name, exp, args.steps)
   jobs = []
   for run, seed, workdir, _ in specs:
+    latest = latest_step(os.path.join(REPO, workdir))
+    if latest is None or latest < (args.steps or exp["steps"]):
+      print(f"skipped {run} s{seed}: no checkpoint of step {args.steps or exp['steps']} in "
+            f"{workdir} (train first)", flush=True)
+      continue
+    done = os.path.join(REPO, workdir, "eval", "eval.json")
+    if os.path.exists(done) and not args.reeval:
+      with open(done) as f:
+        ev = json.load(f)
+      argv = [a for a in ev.get("command_line", {}).get("argv", [])[1:]
+              if not a.startswith("--data_dir=")]
+      if ev.get("step") == latest and argv == [
+          f"--workdir={workdir}", f"--out_dir={workdir}/eval", *exp["evals"]]:
+        continue  # up to date: the newest checkpoint with the same flags
     argv = ["eval.py", f"--workdir={workdir}", f"--out_dir={workdir}/eval", *exp["evals"]]
     jobs.append(((run, seed), lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "eval.log")))
   codes = run_all(jobs, args.parallel)
@@ -277,6 +303,7 @@ def main(argv=None):
   parser.add_argument("--eval", action="store_true")
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--parallel", type=int, default=2)
+  parser.add_argument("--reeval", action="store_true", help="Evaluate even when up to date.")
   parser.add_argument("--steps", type=int, default=None, help="Override the experiment's steps.")
   parser.add_argument("--data_dir", default=None, help="TFDS data directory for train/eval.py "
                       "(default: theirs, $TFDS_DATA_DIR, else ~/tensorflow_datasets).")

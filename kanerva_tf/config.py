@@ -13,9 +13,23 @@ KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
 MIN_SCALE = 1e-4  # the floor added to every softplus scale of the models
 
 
+# The fields the matched VAE uses; the others configure the Kanerva Machine's memory only.
+VAE_FIELDS = ("image_shape", "code_size", "num_filters", "likelihood", "kernel_initializer",
+              "episode_length")
+
+# The behaviour of runs recorded before these fields existed (their config.json lacks them).
+LEGACY_VALUES = {"y_scale": None, "write_address": "sample"}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Sizes and options of `KanervaMachine` and `VAE` (paper section 4, Appendix C).
+
+  The defaults of the four addressing settings the paper leaves open (`y_size`, `y_scale`,
+  `write_address`, `read_posterior`) are the configuration under which the Kanerva Machine
+  learns to use its memory under eq. 12 (RESULTS.md, ablation); the paper's literal reading
+  (y_size=50, y_scale=None, write_address="sample", read_posterior="concat") stays one
+  setting away and does not learn to use its memory.
 
   Attributes:
     image_shape: (H, W, D) of one image.
@@ -25,7 +39,9 @@ class ModelConfig:
     num_filters: F, filters of every convolution in the encoder and decoder.
     likelihood: "bernoulli" (binary images) or "gaussian" (learned scale per channel, with
       uniform U(0, 1/256) dequantisation noise on the inputs during training).
-    y_size: dimension of the addressing variable y (prior N(0, I)).
+    y_size: dimension of the addressing variable y (prior N(0, I)); the paper does not give
+      it. 16: each dimension q(y|x) makes precise costs KL(y), and 16 cost about half the
+      nats of 50 for addresses as good (RESULTS.md).
     mlp_hidden_size: hidden units of every 2-layer MLP.
     y_noise_std: std of the Gaussian noise added, in training only, to the input of q(y|x).
     noise_variance: sigma^2 of p(z | y, M) = N(w^T M, sigma^2 I) (eq. 6); the paper fixes 1.
@@ -43,21 +59,25 @@ class ModelConfig:
       memory can store each z_t under its random address and return it exactly, whatever
       q(y|x) is (RESULTS.md). For studying how the paper's curves could arise only.
     read_posterior: parameterisation of q(z_t | x_t, y_t, M), an MLP on [e(x_t), w_t^T R]
-      (section 3.2 fixes only its input): "concat" (default) takes its mean from the MLP;
+      (section 3.2 fixes only its input): "concat" takes its mean from the MLP;
       "residual" adds the MLP's mean output to the read w_t^T R, so that following the memory
       is the MLP's zero output; "encoder_skip" adds it to the mean of q(z_t|x_t) (the code
       that is written), so that the code read is the written code plus a correction, as the
-      VAE's code is the encoder's. All are eq. 12; they differ in what is easy to learn.
+      VAE's code is the encoder's (default). All are eq. 12; they differ in what is easy to
+      learn: with "concat" nothing ties the written code to the code read at the start.
     prior_loc_stddev: initial R_0 is zeros (0, default) or truncated N(0, s^2) entries (s > 0,
       as the memory module of the authors' later Dynamic Kanerva Machine initialises it).
     y_scale: scale of q(y_t|x_t) (section 3.2 fixes only that it is a diagonal Gaussian):
       None, a scale per input output by the q(y|x) MLP (softplus, about 0.7 at
       initialisation); a float s > 0, one learned scale per dimension of y, shared by all
-      inputs and initialised to s (as the Dynamic Kanerva Machine's addressing). Eq. 12
-      holds either way.
+      inputs and initialised to s (default 0.3, as the Dynamic Kanerva Machine's
+      addressing): addresses that depend on the image from the first step, instead of a
+      scale that KL(y) pushes to the prior's before they do. Eq. 12 holds either way.
     write_address: the address that writes x_t (eq. 8): "sample", w from one y_t ~
-      q(y_t|x_t) (the paper's one-sample approximation), or "mean", w from the mean of
-      q(y_t|x_t). Either is a choice of q(M|X); reading always samples y_t (eq. 12).
+      q(y_t|x_t) (the paper's one-sample approximation), or "mean" (default), w from the
+      mean of q(y_t|x_t), so that the read's sample scatters around the written address
+      instead of two samples around each other. Either is a choice of q(M|X); reading
+      always samples y_t (eq. 12).
   """
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   code_size: int = 100
@@ -65,7 +85,7 @@ class ModelConfig:
   address_size: int = 50
   num_filters: int = 16
   likelihood: str = "bernoulli"
-  y_size: int = 50
+  y_size: int = 16
   mlp_hidden_size: int = 200
   y_noise_std: float = 0.2
   noise_variance: float = 1.0
@@ -75,10 +95,10 @@ class ModelConfig:
   episode_length: int = 32
   kernel_initializer: str = KERNEL_INITIALIZER
   reuse_write_address: bool = False
-  read_posterior: str = "concat"
+  read_posterior: str = "encoder_skip"
   prior_loc_stddev: float = 0.0
-  y_scale: Optional[float] = None
-  write_address: str = "sample"
+  y_scale: Optional[float] = 0.3
+  write_address: str = "mean"
 
   def __post_init__(self):
     shape = tuple(self.image_shape)
@@ -134,21 +154,24 @@ class ModelConfig:
     """Paper preset for 28x28 binarized Omniglot: K=64, C=100, S=50, 16 filters, T=32."""
     return cls(**{**dict(image_shape=(28, 28, 1), code_size=100, memory_size=64,
                          address_size=50, num_filters=16, likelihood="bernoulli",
-                         y_size=50, mlp_hidden_size=200), **overrides})
+                         mlp_hidden_size=200), **overrides})
 
   @classmethod
   def cifar(cls, **overrides):
     """Paper preset for CIFAR-10: K=128, C=200, S=50, 32 filters, Gaussian likelihood, T=32."""
     return cls(**{**dict(image_shape=(32, 32, 3), code_size=200, memory_size=128,
                          address_size=50, num_filters=32, likelihood="gaussian",
-                         y_size=50, mlp_hidden_size=400), **overrides})
+                         mlp_hidden_size=400), **overrides})
 
   def to_dict(self):
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, values):
-    values = dict(values)
+    """A config from `to_dict` output. Fields missing from `values` (a run recorded before
+    they existed) take the value that reproduces that run's model, `LEGACY_VALUES`, where
+    it differs from today's default, else the default."""
+    values = {**{k: v for k, v in LEGACY_VALUES.items() if k not in values}, **values}
     if "image_shape" in values:
       values["image_shape"] = tuple(values["image_shape"])
     unknown = set(values) - {f.name for f in dataclasses.fields(cls)}

@@ -17,6 +17,19 @@ def test_presets_match_the_paper():
   assert ModelConfig.omniglot(memory_size=32).memory_size == 32
 
 
+def test_addressing_defaults_and_legacy_runs():
+  """Presets take the addressing defaults that use the memory; a recorded config from
+  before y_scale / write_address existed restores the model it was trained with."""
+  for cfg in (ModelConfig(), ModelConfig.omniglot(), ModelConfig.cifar()):
+    assert (cfg.y_size, cfg.y_scale, cfg.write_address, cfg.read_posterior) == (
+        16, 0.3, "mean", "encoder_skip")
+  old = {k: v for k, v in ModelConfig.omniglot(y_size=50, read_posterior="concat").to_dict()
+         .items() if k not in ("y_scale", "write_address")}
+  restored = ModelConfig.from_dict(old)
+  assert (restored.y_scale, restored.write_address, restored.y_size) == (None, "sample", 50)
+  assert ModelConfig.from_dict({**old, "write_address": "mean"}).write_address == "mean"
+
+
 def test_dict_round_trip():
   cfg = ModelConfig.cifar(write_method="online", chunk_size=4)
   assert ModelConfig.from_dict(cfg.to_dict()) == cfg

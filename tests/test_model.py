@@ -132,11 +132,13 @@ def test_same_seed_same_loss_and_write_methods_agree():
   assert _scalars(batch(x, training=True, seed=(8, 8)))["loss"] != _scalars(a)["loss"]
 
 
-def _twins(x, **overrides):
-  """A TINY Kanerva Machine and one with `overrides`, both built on x, with the same weights."""
-  base = kt.KanervaMachine(TINY)
+def _twins(x, base_overrides=None, **overrides):
+  """A TINY Kanerva Machine (with `base_overrides`) and one with `overrides` on top, both
+  built on x, with the same weights."""
+  base_config = kt.ModelConfig(**{**TINY.to_dict(), **(base_overrides or {})})
+  base = kt.KanervaMachine(base_config)
   base(x)
-  other = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), **overrides}))
+  other = kt.KanervaMachine(kt.ModelConfig(**{**base_config.to_dict(), **overrides}))
   other(x)
   other.set_weights(base.get_weights())
   return base, other
@@ -160,7 +162,8 @@ def test_reuse_write_address_option():
   for m in (default, reuse):  # q(y|x) = N(1, ~1e-4^2): both reads use the same address
     kernel, bias = m.q_y.output_layer.kernel, m.q_y.output_layer.bias
     kernel.assign(tf.zeros_like(kernel))
-    bias.assign(tf.concat([tf.ones([TINY.y_size]), tf.fill([TINY.y_size], -30.)], 0))
+    bias.assign(tf.ones([TINY.y_size]))  # the mean; the shared scale (TINY's default):
+    m.q_y_scale_raw.assign(tf.fill([TINY.y_size], -30.))
   a, b = default(x, seed=(1, 1)), reuse(x, seed=(1, 1))
   np.testing.assert_allclose(float(b["kl_z"]), float(a["kl_z"]), rtol=1e-3)
   with pytest.raises(ValueError, match="reuse_write_address must be a bool"):
@@ -174,7 +177,7 @@ def test_read_posterior_options(option):
   ("encoder_skip"); the same MLP, the same scale; the loss is still the sum of eq. 12's
   terms, with the same addresses."""
   x = _binary((2, 4, 8, 8, 1))
-  concat, other = _twins(x, read_posterior=option)
+  concat, other = _twins(x, {"read_posterior": "concat"}, read_posterior=option)
   embedding = concat.encoder(x)
   prior_mean = tf.random.stateless_normal([2, 4, TINY.code_size], (3, 3))
   mean_c, scale_c = concat.q_z_params(embedding, prior_mean)
@@ -192,7 +195,7 @@ def test_shared_y_scale_option():
   """y_scale=s: q(y|x)'s scale is one learned vector, s at initialisation, the same for every
   input; the MLP outputs only the mean; KL(y) is the closed form for that scale."""
   x = _binary((2, 4, 8, 8, 1))
-  per_input = kt.KanervaMachine(TINY)
+  per_input = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "y_scale": None}))
   shared = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "y_scale": 0.3}))
   per_input(x), shared(x)
   assert shared.q_y.output_size == TINY.y_size and per_input.q_y.output_size == 2 * TINY.y_size
@@ -210,7 +213,7 @@ def test_write_address_mean_option():
   """write_address='mean' writes with w from the mean of q(y|x): the memory is the prior
   updated with those addresses and z ~ q(z|x), whatever the y seed; 'sample' depends on it."""
   x = _binary((2, 4, 8, 8, 1))
-  sample, mean = _twins(x, write_address="mean")
+  sample, mean = _twins(x, {"write_address": "sample"}, write_address="mean")
   embedding = mean.encoder(x)
   mean_y, _ = mean.q_y_params(embedding, False, None)
   w = mean.addressing_weights(mean_y)

@@ -19,4 +19,5 @@ def test_import_turns_on_onednn_unless_set(preset, expected):
                        check=True, timeout=120)
   lines = out.stdout.strip().splitlines()
   assert lines[0] == expected
-  assert lines[1] == str(sorted(["KanervaMemory", "KanervaMachine", "ModelConfig", "VAE"]))
+  assert lines[1] == str(sorted(["KanervaMemory", "KanervaMachine", "ModelConfig", "VAE",
+                                   "SparseDistributedMemory"]))

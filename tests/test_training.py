@@ -428,7 +428,7 @@ def test_flagfiles_parse_to_the_paper_presets(flagfile, preset):
       train.FLAGS(["train.py", "--flagfile={flagfile}"])
       model_config, train_config = train.configs_from_flags()
       assert model_config == kt.ModelConfig.{preset}(), model_config
-      assert (train_config.batch_size, train_config.learning_rate) == (16, 1e-4)
+      assert (train_config.batch_size, train_config.learning_rate) == (16, 3e-4)
       # No machine-specific path: the data directory comes from --data_dir or TFDS_DATA_DIR.
       assert train_config.data_dir is None and train_config.download is True
       assert model_config.episode_length == 32
@@ -596,3 +596,24 @@ def test_train_py_runs_on_real_omniglot(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "step 2/2" in proc.stderr
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-2")
+
+
+def test_a_vae_run_is_identified_by_the_fields_the_vae_uses(tmp_path):
+  """Resuming a VAE run ignores memory-only fields (their defaults may change); a change of a
+  field the VAE uses is refused, and a Kanerva Machine run compares every field."""
+  def run_config(model_type, **model):
+    config = kt.ModelConfig(**{**TINY.to_dict(), **model})
+    return json.loads(json.dumps({"model_type": model_type, "model": config.to_dict(),
+                                  "data": {"dataset": "omniglot"}, "train": {}}))
+  for model_type in ("vae", "kanerva"):
+    workdir = str(tmp_path / model_type)
+    os.makedirs(workdir)
+    training._check_run_config(workdir, run_config(model_type, y_size=50))
+    later = run_config(model_type, y_size=16)
+    if model_type == "vae":
+      training._check_run_config(workdir, later)
+    else:
+      with pytest.raises(ValueError, match=r"y_size: saved 50, now 16"):
+        training._check_run_config(workdir, later)
+    with pytest.raises(ValueError, match=r"code_size"):
+      training._check_run_config(workdir, run_config(model_type, code_size=7))
