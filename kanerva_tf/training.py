@@ -340,7 +340,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
   restored = runs.restore_checkpoint(checkpoint, runs.checkpoint_dir(workdir))
   if restored:
     logging.info("Resumed from %s at step %d", restored, int(step.numpy()))
-    saved_rate = float(optimizer.learning_rate)  # restored with the optimizer's variables
+    # Restored with the optimizer's variables (a MirroredVariable under tf.distribute).
+    saved_rate = float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
     if not math.isclose(saved_rate, cfg.learning_rate, rel_tol=1e-5):
       logging.warning("The run resumes with the learning rate %g of its checkpoint, not "
                       "learning_rate=%g: the optimizer's state, its learning rate included, "

@@ -617,3 +617,13 @@ def test_a_vae_run_is_identified_by_the_fields_the_vae_uses(tmp_path):
         training._check_run_config(workdir, later)
     with pytest.raises(ValueError, match=r"code_size"):
       training._check_run_config(workdir, run_config(model_type, code_size=7))
+
+
+def test_resume_under_mirrored_strategy(mock_omniglot, tmp_path):
+  """A run resumes under MirroredStrategy, where the optimizer's restored learning rate is a
+  MirroredVariable (reading it with float() failed)."""
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(TINY, _train_config(train_steps=2, strategy="mirrored"), workdir)
+  result = training.train_and_evaluate(TINY, _train_config(train_steps=4, strategy="mirrored"),
+                                       workdir)
+  assert result["step"] == 4
