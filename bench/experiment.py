@@ -3,6 +3,7 @@ r"""One tool for every experiment of `bench/experiments.py`: train, resume, eval
   python bench/experiment.py NAME --train [--parallel=2] [--data_dir=DIR] [--steps=N]
   python bench/experiment.py NAME --eval          # eval.py on each run's last checkpoint
   python bench/experiment.py NAME --report        # tables + curves into RESULTS.md
+  python bench/experiment.py NAME --ship=RUN:SEED:DEST   # run -> pretrained/DEST
 
 Training runs `train.py --flagfile=<flagfile> <common> <run flags> --seed=S --train_steps=N`
 for every run and seed, at most `--parallel` at once with one thread each; re-running resumes.
@@ -139,6 +140,38 @@ def evaluate(name, exp, args):
   failed = {k: c for k, c in codes.items() if c}
   if failed:
     raise SystemExit(f"evaluation failed (exit codes {failed}); see <workdir>/eval.log")
+
+
+def ship(name, exp, run, seed, dest, root=None):
+  """Copies a run to `pretrained/<dest>` as a run directory eval.py and train.py accept:
+  config.json, metrics.jsonl, the newest checkpoint (with the optimizer's slots, so a later
+  session can resume training it) and the SavedModel export when there is one."""
+  root = root or REPO
+  specs = {(r, s): w for r, s, w, _ in run_specs(name, exp)}
+  if (run, seed) not in specs:
+    raise SystemExit(f"--ship: {name} has no run {run!r} with seed {seed}; runs: "
+                     f"{sorted(exp['runs'])}, seeds {list(exp['seeds'])}.")
+  src = os.path.join(root, specs[(run, seed)])
+  step = latest_step(src)
+  if step is None:
+    raise SystemExit(f"--ship: {src} has no checkpoint; train it first.")
+  out = os.path.join(root, "pretrained", dest)
+  tmp = out + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(os.path.join(tmp, "checkpoints"))
+  for f in ("config.json", "metrics.jsonl"):
+    shutil.copyfile(os.path.join(src, f), os.path.join(tmp, f))
+  ckpt = os.path.join(src, "checkpoints")
+  for f in os.listdir(ckpt):
+    if f.startswith(f"ckpt-{step}."):
+      shutil.copyfile(os.path.join(ckpt, f), os.path.join(tmp, "checkpoints", f))
+  with open(os.path.join(tmp, "checkpoints", "checkpoint"), "w") as f:
+    f.write(f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n')
+  if os.path.isdir(os.path.join(src, "export")):
+    shutil.copytree(os.path.join(src, "export"), os.path.join(tmp, "export"))
+  shutil.rmtree(out, ignore_errors=True)   # replaced only once the new copy is complete
+  os.replace(tmp, out)
+  return out, step
 
 
 # ----------------------------------------------------------------------------- report
@@ -303,6 +336,9 @@ def main(argv=None):
   parser.add_argument("--eval", action="store_true")
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--parallel", type=int, default=2)
+  parser.add_argument("--ship", default=None, metavar="RUN:SEED:DEST",
+                      help="Copy a run's newest checkpoint, config, metrics, export to "
+                      "pretrained/DEST.")
   parser.add_argument("--reeval", action="store_true", help="Evaluate even when up to date.")
   parser.add_argument("--steps", type=int, default=None, help="Override the experiment's steps.")
   parser.add_argument("--data_dir", default=None, help="TFDS data directory for train/eval.py "
@@ -316,7 +352,14 @@ def main(argv=None):
     train(args.name, exp, args)
   if args.eval:
     evaluate(args.name, exp, args)
-  if args.report or not (args.train or args.eval):
+  if args.ship:
+    parts = args.ship.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+      parser.error(f"--ship takes RUN:SEED:DEST, e.g. kanerva:0:omniglot_kanerva; got "
+                   f"{args.ship!r}")
+    out, step = ship(args.name, exp, parts[0], int(parts[1]), parts[2])
+    print(f"shipped step {step} to {out}")
+  if args.report or not (args.train or args.eval or args.ship):
     print(write_report(args.name, exp, args.results_md))
 
 

@@ -80,3 +80,21 @@ def test_minutes_until_leaves_out_pauses():
   tests = [{"step": 200, "loss": 150.}, {"step": 400, "loss": 99.}]
   assert experiment.minutes_until(train, tests, lambda r: r["loss"] < 100) == pytest.approx(2.)
   assert experiment.minutes_until(train, tests, lambda r: r["loss"] < 50) is None
+
+
+def test_ship_copies_the_newest_checkpoint_and_the_run_files(tmp_path, monkeypatch):
+  wd = tmp_path / "runs" / "toy" / "km" / "s0"
+  (wd / "checkpoints").mkdir(parents=True)
+  (wd / "config.json").write_text("{}")
+  (wd / "metrics.jsonl").write_text("")
+  for step in (2, 4):
+    for ext in ("index", "data-00000-of-00001"):
+      (wd / "checkpoints" / f"ckpt-{step}.{ext}").write_text(str(step))
+  (wd / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\n')
+  out, step = experiment.ship("toy", EXP, "km", 0, "toy_km", root=str(tmp_path))
+  assert step == 4
+  assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
+      "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+  assert os.path.exists(os.path.join(out, "config.json"))
+  with pytest.raises(SystemExit, match="no run 'nope'"):
+    experiment.ship("toy", EXP, "nope", 0, "x", root=str(tmp_path))
