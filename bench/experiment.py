@@ -273,6 +273,32 @@ def summary_table(name, exp, loaded, step=None):
   return lines
 
 
+def time_to_quality(exp, loaded, nats):
+  """Markdown rows: for each non-baseline run and seed, the step and wall-clock minutes of
+  training (from metrics.jsonl's timestamps) until its test bound is first below the
+  baseline's at the same step, and until it is first below `nats`."""
+  base = exp["baseline"]
+  lines = [f"Time to quality (wall-clock minutes of training on this machine, pauses left out; "
+           f"they depend on the machine and on what else ran):", "",
+           f"| run | seed | passes `{base}` at step | minutes | below {nats} nats at step | minutes |",
+           "|---|---|---|---|---|---|"]
+  for run in exp["runs"]:
+    for seed in exp["seeds"]:
+      if run == base or (run, seed) not in loaded:
+        continue
+      r = loaded[(run, seed)]
+      ref = {t["step"]: t["loss"] for t in loaded.get((base, seed), {}).get("test", [])}
+      cells = []
+      for fn in (lambda t: t["step"] in ref and t["loss"] < ref[t["step"]],
+                 lambda t: t["loss"] < nats):
+        hit = next((t for t in r["test"] if fn(t)), None)
+        minutes = minutes_until(r["train"], r["test"], fn)
+        cells += [str(hit["step"]) if hit else "—",
+                  f"{minutes:.1f}" if minutes is not None else "—"]
+      lines.append(f"| `{run}` | {seed} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def plot_curves(name, exp, loaded, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -311,6 +337,8 @@ def report_section(name, exp, loaded):
            f"--flagfile={exp['flagfile']}` {common} + the run's flags, {exp['steps']} steps, "
            f"seeds {', '.join(map(str, exp['seeds']))}).", ""]
   lines += summary_table(name, exp, loaded)
+  if exp.get("quality_nats"):
+    lines += [""] + time_to_quality(exp, loaded, exp["quality_nats"])
   lines += ["", f"![{name} curves]({curves})", f"<!-- /experiment:{name} -->"]
   return "\n".join(lines)
 

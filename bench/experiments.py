@@ -59,6 +59,7 @@ EXPERIMENTS = {
         common=_COMMON,
         baseline="vae",
         runs={"kanerva": [], "vae": ["--model=vae"]},
+        quality_nats=100,
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
 }

@@ -98,3 +98,13 @@ def test_ship_copies_the_newest_checkpoint_and_the_run_files(tmp_path, monkeypat
   assert os.path.exists(os.path.join(out, "config.json"))
   with pytest.raises(SystemExit, match="no run 'nope'"):
     experiment.ship("toy", EXP, "nope", 0, "x", root=str(tmp_path))
+
+
+def test_time_to_quality_rows(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  _write_run(tmp_path, "vae", 0, [160., 150., 140.])
+  _write_run(tmp_path, "km", 0, [165., 99., 90.])   # passes the VAE and 100 nats at step 1000
+  lines = experiment.time_to_quality(EXP, experiment.load_runs("toy", EXP), 100)
+  row = next(l for l in lines if l.startswith("| `km`"))
+  assert [c.strip() for c in row.strip("|").split("|")] == ["`km`", "0", "1000", "1.0",
+                                                             "1000", "1.0"]
