@@ -265,10 +265,13 @@ def summary_table(name, exp, loaded, step=None):
     dips = [kl_z_dip(loaded[(run, s)]["test"]) for s in seeds if (run, s) in loaded]
     cells.append(" ".join("yes" if d else "no" for d in dips) if model_of(flags) == "kanerva"
                  else "")
-    r2 = [(loaded[(run, s)]["eval"].get("addressing") or {}).get("retrieval_r2")
-          for s in seeds if (run, s) in loaded and loaded[(run, s)]["eval"]]
-    r2 = [v for v in r2 if v is not None]
-    cells.append(" ".join(f"{v:.2f}" for v in r2) if r2 else "—")
+    evals = [loaded[(run, s)]["eval"] for s in seeds if (run, s) in loaded]
+    r2 = [(ev.get("addressing") or {}).get("retrieval_r2") if ev else None for ev in evals]
+    # The evaluation of each seed's newest checkpoint, marked with its step when that is
+    # not the table's step.
+    cells.append(" ".join(
+        "—" if v is None else f"{v:.2f}" + ("" if ev["step"] == step else f" (step {ev['step']})")
+        for v, ev in zip(r2, evals)) if any(v is not None for v in r2) else "—")
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
@@ -336,7 +339,8 @@ def report_section(name, exp, loaded):
            f"`results/{name}/` (trained with `--train`: `python train.py "
            f"--flagfile={exp['flagfile']}` {common} + the run's flags, {exp['steps']} steps, "
            f"seeds {', '.join(map(str, exp['seeds']))}).", ""]
-  lines += summary_table(name, exp, loaded)
+  for i, step in enumerate(exp.get("report_steps") or [None]):
+    lines += ([""] if i else []) + summary_table(name, exp, loaded, step)
   if exp.get("quality_nats"):
     lines += [""] + time_to_quality(exp, loaded, exp["quality_nats"])
   lines += ["", f"![{name} curves]({curves})", f"<!-- /experiment:{name} -->"]

@@ -12,6 +12,8 @@ Each entry:
   common: flags every run adds after the flagfile.
   runs: {run name: flags of that run}, in table order.
   baseline: the run that the others are compared with (difference of means, same seeds).
+  report_steps: optional steps of the report's tables (default: the last step all runs reached).
+  quality_nats: optional; the report adds time-to-quality rows for this bound.
   evals: eval.py flags for the evaluation of each run's last checkpoint ([] = none).
   workdir: where a run trains, a template of {experiment}, {run}, {seed}.
 """
@@ -60,6 +62,7 @@ EXPERIMENTS = {
         baseline="vae",
         runs={"kanerva": [], "vae": ["--model=vae"]},
         quality_nats=100,
+        report_steps=[5000, 10000],   # tables at these steps (seeds that reached them)
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
 }
