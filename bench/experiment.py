@@ -100,16 +100,22 @@ def latest_step(workdir):
   return None
 
 
-def train(name, exp, args):
-  specs = run_specs(name, exp, args.steps)
-  jobs = [((run, seed), (lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "train.log")))
-          for run, seed, workdir, argv in specs]
-  codes = run_all(jobs, args.parallel)
+def _run_and_collect(name, specs, jobs, parallel, what, log_name):
+  """Runs the jobs, copies every run's files to results/ (failed or not), then fails loudly
+  if any job failed."""
+  codes = run_all(jobs, parallel)
   for run, seed, workdir, _ in specs:
     copy_results(name, run, seed, workdir)
   failed = {k: c for k, c in codes.items() if c}
   if failed:
-    raise SystemExit(f"training failed (exit codes {failed}); see <workdir>/train.log")
+    raise SystemExit(f"{what} failed (exit codes {failed}); see <workdir>/{log_name}")
+
+
+def train(name, exp, args):
+  specs = run_specs(name, exp, args.steps)
+  jobs = [((run, seed), (lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "train.log")))
+          for run, seed, workdir, argv in specs]
+  _run_and_collect(name, specs, jobs, args.parallel, "training", "train.log")
 
 
 def evaluate(name, exp, args):
@@ -134,12 +140,7 @@ def evaluate(name, exp, args):
         continue  # up to date: the newest checkpoint with the same flags
     argv = ["eval.py", f"--workdir={workdir}", f"--out_dir={workdir}/eval", *exp["evals"]]
     jobs.append(((run, seed), lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "eval.log")))
-  codes = run_all(jobs, args.parallel)
-  for run, seed, workdir, _ in specs:
-    copy_results(name, run, seed, workdir)
-  failed = {k: c for k, c in codes.items() if c}
-  if failed:
-    raise SystemExit(f"evaluation failed (exit codes {failed}); see <workdir>/eval.log")
+  _run_and_collect(name, specs, jobs, args.parallel, "evaluation", "eval.log")
 
 
 def ship(name, exp, run, seed, dest, root=None):
