@@ -52,6 +52,7 @@ from kanerva_tf.model import _MIN_SCALE
 from kanerva_tf.model import _sample_normal
 from kanerva_tf.model import _split_normal
 from kanerva_tf.model import diag_normal_kl
+from kanerva_tf.model import iterate
 from kanerva_tf.model import stateless_seed
 
 __all__ = ["DNCConfig", "DNCMachine"]
@@ -285,12 +286,7 @@ class DNCMachine(_GenerativeModel):
       return i + 1, self.sample_images(params, x_seed), outputs.write(i, params["mean"])
 
     outputs = tf.TensorArray(tf.float32, size=iterations, element_shape=x.shape)
-    i = tf.constant(0)
-    if isinstance(iterations, int):
-      for _ in range(iterations):
-        i, x, outputs = body(i, x, outputs)
-    else:
-      _, _, outputs = tf.while_loop(lambda i, *_: i < iterations, body, (i, x, outputs))
+    _, _, outputs = iterate(body, iterations, (tf.constant(0), x, outputs))
     return outputs.stack()
 
   def generate(self, state, num_samples, iterations=0, seed=None):

@@ -76,6 +76,17 @@ def gaussian_log_prob(x, mean, scale):
                         axis=[-3, -2, -1])
 
 
+def iterate(body, iterations, loop_vars):
+  """Runs `loop_vars = body(*loop_vars)` `iterations` times: unrolled for a Python int, a
+  `tf.while_loop` for an integer `Tensor` (e.g. a SavedModel signature's input). The first
+  loop variable is the step counter i."""
+  if isinstance(iterations, int):
+    for _ in range(iterations):
+      loop_vars = body(*loop_vars)
+    return loop_vars
+  return tf.while_loop(lambda i, *_: i < iterations, body, loop_vars)
+
+
 # ----------------------------------------------------------------------------- shared base
 class _GenerativeModel(keras.Model):
   """Encoder, decoder, likelihood and input checks shared by `KanervaMachine` and `VAE`."""
@@ -237,12 +248,7 @@ class VAE(_GenerativeModel):
 
     outputs = tf.TensorArray(tf.float32, size=iterations + 1,
                              element_shape=params["mean"].shape).write(0, params["mean"])
-    i = tf.constant(0)
-    if isinstance(iterations, int):
-      for _ in range(iterations):
-        i, params, outputs = body(i, params, outputs)
-    else:
-      _, _, outputs = tf.while_loop(lambda i, *_: i < iterations, body, (i, params, outputs))
+    _, _, outputs = iterate(body, iterations, (tf.constant(0), params, outputs))
     return outputs.stack()
 
 
@@ -468,13 +474,7 @@ class KanervaMachine(_GenerativeModel):
       return i + 1, self.sample_images(params, sample_seed), outputs.write(i, params["mean"])
 
     outputs = tf.TensorArray(tf.float32, size=iterations, element_shape=x.shape)
-    if isinstance(iterations, int):
-      i = tf.constant(0)
-      for _ in range(iterations):
-        i, x, outputs = body(i, x, outputs)
-    else:
-      _, _, outputs = tf.while_loop(lambda i, *_: i < iterations, body,
-                                    (tf.constant(0), x, outputs))
+    _, _, outputs = iterate(body, iterations, (tf.constant(0), x, outputs))
     return outputs.stack()
 
   def generate(self, memory, num_samples, iterations=0, seed=None):
