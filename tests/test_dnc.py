@@ -431,14 +431,6 @@ def test_write_address_mean_and_reuse_write_address():
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def mock_omniglot():
-  data_lib.clear_cache()
-  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
-    yield
-  data_lib.clear_cache()
-
-
 def test_registered_model_type_and_scalar_keys():
   assert runs.MODEL_TYPES["dnc"] is dnc_model.DNCMachine
   assert isinstance(runs.build_model("dnc", TINY), dnc_model.DNCMachine)

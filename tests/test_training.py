@@ -38,14 +38,6 @@ def _train_config(**overrides):
   return training.TrainConfig(**values)
 
 
-@pytest.fixture
-def mock_omniglot():
-  data_lib.clear_cache()
-  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
-    yield
-  data_lib.clear_cache()
-
-
 def _metrics(workdir):
   with open(runs.metrics_path(workdir)) as f:
     return [json.loads(line) for line in f]
