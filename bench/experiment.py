@@ -36,11 +36,19 @@ def model_of(flags):
   return models[-1] if models else "kanerva"
 
 
-def run_specs(name, exp, steps=None):
-  """[(run, seed, workdir, train.py argv)] of an experiment, in table order."""
+def run_specs(name, exp, steps=None, runs=None, seeds=None):
+  """[(run, seed, workdir, train.py argv)] of an experiment, in table order; `runs` and
+  `seeds` (optional collections) keep only those."""
+  unknown = set(runs or ()) - set(exp["runs"])
+  if unknown:
+    raise SystemExit(f"--runs: {sorted(unknown)} not among {name}'s runs {list(exp['runs'])}")
   specs = []
   for run, flags in exp["runs"].items():
+    if runs and run not in runs:
+      continue
     for seed in exp["seeds"]:
+      if seeds and seed not in seeds:
+        continue
       workdir = exp.get("workdir", "runs/{experiment}/{run}/s{seed}").format(
           experiment=name, run=run, seed=seed, model=model_of(flags))
       argv = ["train.py", f"--flagfile={exp['flagfile']}", *exp.get("common", []), *flags,
@@ -111,8 +119,12 @@ def _run_and_collect(name, specs, jobs, parallel, what, log_name):
     raise SystemExit(f"{what} failed (exit codes {failed}); see <workdir>/{log_name}")
 
 
+def _selected(name, exp, args):
+  return run_specs(name, exp, args.steps, args.runs, args.seeds)
+
+
 def train(name, exp, args):
-  specs = run_specs(name, exp, args.steps)
+  specs = _selected(name, exp, args)
   jobs = [((run, seed), (lambda a=argv, w=workdir: _launch(a, w, args.data_dir, "train.log")))
           for run, seed, workdir, argv in specs]
   _run_and_collect(name, specs, jobs, args.parallel, "training", "train.log")
@@ -121,7 +133,7 @@ def train(name, exp, args):
 def evaluate(name, exp, args):
   if not exp.get("evals"):
     return
-  specs = run_specs(name, exp, args.steps)
+  specs = _selected(name, exp, args)
   jobs = []
   for run, seed, workdir, _ in specs:
     latest = latest_step(os.path.join(REPO, workdir))
@@ -372,6 +384,10 @@ def main(argv=None):
   parser.add_argument("--ship", default=None, metavar="RUN:SEED:DEST",
                       help="Copy a run's newest checkpoint, config, metrics, export to "
                       "pretrained/DEST.")
+  parser.add_argument("--runs", type=lambda v: v.split(","), default=None,
+                      help="Comma-separated runs to train/evaluate (default: all).")
+  parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                      help="Comma-separated seeds to train/evaluate (default: the experiment's).")
   parser.add_argument("--reeval", action="store_true", help="Evaluate even when up to date.")
   parser.add_argument("--steps", type=int, default=None, help="Override the experiment's steps.")
   parser.add_argument("--data_dir", default=None, help="TFDS data directory for train/eval.py "
