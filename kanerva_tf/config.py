@@ -7,7 +7,7 @@ from kanerva_tf.memory import WRITE_METHODS
 from kanerva_tf.networks import KERNEL_INITIALIZER
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-READ_POSTERIORS = ("concat", "residual", "encoder_skip")
+READ_POSTERIORS = ("concat", "residual", "encoder_skip", "prior")
 WRITE_ADDRESSES = ("sample", "mean")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
 MIN_SCALE = 1e-4  # the floor added to every softplus scale of the models
@@ -65,6 +65,9 @@ class ModelConfig:
       that is written), so that the code read is the written code plus a correction, as the
       VAE's code is the encoder's (default). All are eq. 12; they differ in what is easy to
       learn: with "concat" nothing ties the written code to the code read at the start.
+      "prior": no bottom-up stream (Appendix D, the DNC comparison of section 4.4): z_t is
+      sampled from p(z_t | y_t, M) itself, q(z_t | x_t, y_t, M) = p(z_t | y_t, M), so KL(z)
+      is 0 and x_t reaches its code only through its address y_t and the memory; no q_z MLP.
     prior_loc_stddev: initial R_0 is zeros (0, default) or truncated N(0, s^2) entries (s > 0,
       as the memory module of the authors' later Dynamic Kanerva Machine initialises it).
     y_scale: scale of q(y_t|x_t) (section 3.2 fixes only that it is a diagonal Gaussian):

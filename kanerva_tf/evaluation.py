@@ -184,7 +184,7 @@ def _km_log_weights(model, x, embedding, memory, k, seed):
     return tf.transpose(tf.reshape(v, [b, k, t, -1]), [1, 0, 2, 3])
   prior_mean, prior_scale = unfold(prior_mean), unfold(prior_scale)
   embedding_k = tf.broadcast_to(embedding, tf.concat([[k], tf.shape(embedding)], 0))
-  mean_z, scale_z = model.q_z_params(embedding_k, prior_mean)
+  mean_z, scale_z = model.q_z_params(embedding_k, prior_mean, prior_scale)
   z = mean_z + scale_z * tf.random.stateless_normal(tf.shape(mean_z), seeds[1])
   x_k = tf.broadcast_to(x, tf.concat([[k], tf.shape(x)], 0))
   return (model.log_likelihood(x_k, model.decode(z))

@@ -283,7 +283,9 @@ class KanervaMachine(_GenerativeModel):
       self.q_y_scale_raw = self.add_weight(
           shape=(cfg.y_size,), initializer=keras.initializers.Constant(raw), name="q_y_scale_raw")
     self.key = networks.MLP(cfg.mlp_hidden_size, s, init, name="key")
-    self.q_z = networks.MLP(cfg.mlp_hidden_size, 2 * c, init, name="q_z_read")
+    # No q(z|x,y,M) network without a bottom-up stream (read_posterior "prior", Appendix D).
+    self.q_z = (None if cfg.read_posterior == "prior" else
+                networks.MLP(cfg.mlp_hidden_size, 2 * c, init, name="q_z_read"))
     self.addresses = self.add_weight(
         shape=(k, s), initializer=keras.initializers.RandomNormal(stddev=1.), name="addresses")
     # R_0: zeros by default; N(0, s^2) truncated at 2s with `prior_loc_stddev` s > 0.
@@ -353,11 +355,18 @@ class KanervaMachine(_GenerativeModel):
       return pred.mean(), pred.stddev()
     return memory.read(w), tf.constant(np.sqrt(self.config.noise_variance), tf.float32)
 
-  def q_z_params(self, embedding, prior_mean):
+  def q_z_params(self, embedding, prior_mean, prior_scale=None):
     """(mean, scale) of q(z_t | x_t, y_t, M) `[..., C]` from the MLP on [e(x_t), w_t^T R]
     (section 3.2). `read_posterior="residual"`: the MLP's mean output is a correction added
     to the read, mean = w_t^T R + MLP_mean; "encoder_skip": added to the mean of q(z_t|x_t),
-    mean = e_mean(x_t) + MLP_mean (the same family, reparameterised)."""
+    mean = e_mean(x_t) + MLP_mean (the same family, reparameterised); "prior": no bottom-up
+    stream (Appendix D), q(z_t|x_t,y_t,M) = p(z_t|y_t,M) = N(prior_mean, prior_scale²),
+    `prior_scale` (broadcastable to `prior_mean`) required."""
+    if self.config.read_posterior == "prior":
+      if prior_scale is None:
+        raise ValueError("q_z_params: read_posterior='prior' needs prior_scale, the scale of "
+                         "p(z|y,M) (from _memory_prior_on_z).")
+      return prior_mean, tf.broadcast_to(prior_scale, tf.shape(prior_mean))
     mean, scale = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
     if self.config.read_posterior == "residual":
       mean = prior_mean + mean
@@ -372,7 +381,7 @@ class KanervaMachine(_GenerativeModel):
     y = _sample_normal(mean_y, scale_y, seeds[1])
     w = self.addressing_weights(y)                                     # [.., K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [.., C]
-    mean_z, scale_z = self.q_z_params(embedding, prior_mean)
+    mean_z, scale_z = self.q_z_params(embedding, prior_mean, prior_scale)
     z = _sample_normal(mean_z, scale_z, seeds[2])
     return dict(mean_y=mean_y, scale_y=scale_y, w=w, prior_mean=prior_mean,
                 prior_scale=prior_scale, mean_z=mean_z, scale_z=scale_z, z=z)
@@ -407,7 +416,7 @@ class KanervaMachine(_GenerativeModel):
     else:
       w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read [B, T, K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
-    mean_z, scale_z = self.q_z_params(embedding, prior_mean)
+    mean_z, scale_z = self.q_z_params(embedding, prior_mean, prior_scale)
     z = _sample_normal(mean_z, scale_z, seeds[3])                      # [B, T, C]
     reconstruction = -self.log_likelihood(x, self.decode(z))          # [B, T]
     kl_y = diag_normal_kl(mean_y, scale_y, tf.zeros_like(mean_y), tf.ones_like(scale_y))
