@@ -68,4 +68,14 @@ EXPERIMENTS = {
         report_steps=[5000, 10000],   # tables at these steps (seeds that reached them)
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
+    # Issue 15, Fig. 6 left (section 4.4, Appendix D): the Kanerva Machine and the DNC, both
+    # without the bottom-up stream (z_t ~ p(z_t|y_t,M)), batch 16, Adam 3e-4 (the DNC's best in
+    # the paper; both are omniglot.flags' values), on the same seeds.
+    "dnc_comparison": dict(
+        flagfile="omniglot.flags", steps=5000, seeds=(0, 1, 2),
+        common=_COMMON + ["--noexport"],
+        baseline="dnc",
+        runs={"dnc": ["--model=dnc"], "kanerva_no_bottom_up": ["--read_posterior=prior"]},
+        evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
+        workdir="runs/{experiment}/{run}/s{seed}"),
 }
