@@ -7,7 +7,8 @@ What is timed is the function `train.py` runs (`training.make_train_function`: f
 backward and Adam update, `--steps` steps per `tf.function` call) on random binary episodes,
 so the input pipeline is not included. Configurations (`--configs`): `vae`, `kanerva`
 (default batch write), `kanerva_online` (one observation at a time, section 3.3),
-`kanerva_chunk8`, the same with `_jit` (XLA), and `kanerva_before`: the default Kanerva
+`kanerva_chunk8`, the same with `_jit` (XLA), each also as `cifar_<config>` on the CIFAR-10
+preset (ratios to `cifar_vae`), and `kanerva_before`: the default Kanerva
 Machine with the two code changes the profile led to undone (einsum addressing, no-op decoder
 slices; see `_undo_profile_fixes`), so that with `--onednn 1,0` one run times the code before
 all three fixes (`kanerva_before`, oneDNN off) and after them (`kanerva`, oneDNN on).
@@ -33,8 +34,11 @@ import subprocess
 import sys
 import time
 
-ALL_CONFIGS = ("vae", "kanerva", "kanerva_online", "kanerva_chunk8", "vae_jit", "kanerva_jit",
-               "kanerva_online_jit", "kanerva_before")
+_OMNIGLOT_CONFIGS = ("vae", "kanerva", "kanerva_online", "kanerva_chunk8", "vae_jit",
+                     "kanerva_jit", "kanerva_online_jit", "kanerva_before")
+# cifar_<config>: the same on the CIFAR-10 preset (32x32x3, K=128, C=200, 32 filters).
+ALL_CONFIGS = _OMNIGLOT_CONFIGS + tuple("cifar_" + c for c in _OMNIGLOT_CONFIGS
+                                        if c != "kanerva_before")
 DEFAULT_CONFIGS = "vae,kanerva,kanerva_online,vae_jit,kanerva_jit"
 
 
@@ -51,13 +55,13 @@ def _worker(args):
   import kanerva_tf as kt  # pylint: disable=g-import-not-at-top
   from kanerva_tf import training  # pylint: disable=g-import-not-at-top
 
-  cfg = _model_config(kt, args)
   rng = np.random.default_rng(0)
-  x = (rng.random((args.batch_size, cfg.episode_length) + cfg.image_shape) < 0.1).astype(
-      np.float32)
   seed = tf.constant([0, 1], tf.int32)
   runs, info = {}, {}
   for name in args.configs.split(","):
+    cfg = _model_config(kt, args, cifar=name.startswith("cifar_"))
+    x = (rng.random((args.batch_size, cfg.episode_length) + cfg.image_shape) < 0.1).astype(
+        np.float32)
     overrides = {}
     if "online" in name:
       overrides["write_method"] = "online"
@@ -65,7 +69,8 @@ def _worker(args):
       overrides = dict(write_method="online", chunk_size=8)
     model_cfg = kt.ModelConfig.from_dict({**cfg.to_dict(), **overrides})
     keras.utils.set_random_seed(0)
-    model = kt.VAE(model_cfg) if name.startswith("vae") else kt.KanervaMachine(model_cfg)
+    is_vae = name.removeprefix("cifar_").startswith("vae")
+    model = kt.VAE(model_cfg) if is_vae else kt.KanervaMachine(model_cfg)
     if name == "kanerva_before":
       _undo_profile_fixes(tf, model)
     model(tf.constant(x[:1]))
@@ -80,9 +85,9 @@ def _worker(args):
     t0 = time.perf_counter()
     float(fn(iterator, num_steps)["loss"])
     compile_s = time.perf_counter() - t0
-    runs[name] = (fn, iterator, num_steps, model)
+    runs[name] = (fn, iterator, num_steps, model, x)
     info[name] = dict(compile_s=compile_s, flops=_flops(tf, model, optimizer, x, seed))
-  for fn, iterator, num_steps, _ in runs.values():  # untimed warm-up: the first call after
+  for fn, iterator, num_steps, _, _ in runs.values():  # untimed warm-up: the first call after
     float(fn(iterator, num_steps)["loss"])          # building every model is slow once
   print(json.dumps(dict(ready=info, onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS"))), flush=True)
 
@@ -90,13 +95,13 @@ def _worker(args):
     command = line.strip()
     if command == "round":
       times = {}
-      for name, (fn, iterator, num_steps, _) in runs.items():
+      for name, (fn, iterator, num_steps, _, _) in runs.items():
         t0 = time.perf_counter()
         float(fn(iterator, num_steps)["loss"])
         times[name] = (time.perf_counter() - t0) / args.steps
       print(json.dumps(times), flush=True)
     elif command == "infer":
-      print(json.dumps(_inference(tf, runs, x, seed, args)), flush=True)
+      print(json.dumps(_inference(tf, runs, seed, args)), flush=True)
     elif command == "peak":
       sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
       from matmul_peak import matmul_peak_gflops  # pylint: disable=g-import-not-at-top
@@ -124,11 +129,13 @@ def _undo_profile_fixes(tf, model):
       deconv.call = lambda h, call=deconv.call, t=target: call(h)[:, :t[0], :t[1], :]
 
 
-def _model_config(kt, args):
+def _model_config(kt, args, cifar=False):
+  """The Omniglot preset, or the CIFAR-10 one for `cifar_*` configurations."""
+  preset = kt.ModelConfig.cifar if cifar else kt.ModelConfig.omniglot
   if args.quick:
-    return kt.ModelConfig.omniglot(code_size=8, memory_size=8, address_size=4, num_filters=4,
-                                   y_size=4, mlp_hidden_size=16, episode_length=4)
-  return kt.ModelConfig.omniglot(episode_length=args.episode_length)
+    return preset(code_size=8, memory_size=8, address_size=4, num_filters=4,
+                  y_size=4, mlp_hidden_size=16, episode_length=4)
+  return preset(episode_length=args.episode_length)
 
 
 def _flops(tf, model, optimizer, x, seed):
@@ -153,11 +160,11 @@ def _flops(tf, model, optimizer, x, seed):
     return None
 
 
-def _inference(tf, runs, x, seed, args):
+def _inference(tf, runs, seed, args):
   """Median seconds per batch of KanervaMachine.write + one read (the reconstruct path)."""
   if "kanerva" not in runs:
     return {}
-  km = runs["kanerva"][3]
+  km, x = runs["kanerva"][3], runs["kanerva"][4]
 
   @tf.function
   def write_read(x, seed):
@@ -266,7 +273,8 @@ def main(argv=None):
   print(f"# bench/step_time.py — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
   print(f"# machine: {_machine()}")
   print(f"# command: python bench/step_time.py {' '.join(argv)}")
-  print(f"# B={args.batch_size} T={args.episode_length} (Omniglot preset unless --quick); "
+  print(f"# B={args.batch_size} T={args.episode_length} (Omniglot preset, cifar_*: CIFAR-10 "
+        f"preset; tiny sizes with --quick); "
         f"{args.rounds} alternating rounds x {args.steps} steps (one tf.function call); "
         f"oneDNN settings {settings}, one worker process each\n")
   workers = [_Worker(s, worker_argv) for s in settings]
@@ -289,7 +297,7 @@ def main(argv=None):
     for c in configs:
       ts = times[(w.onednn, c)]
       med = statistics.median(ts)
-      base = times.get((w.onednn, "vae"))
+      base = times.get((w.onednn, "cifar_vae" if c.startswith("cifar_") else "vae"))
       ratio = "%.3f" % statistics.median(a / b for a, b in zip(ts, base)) if base else "n/a"
       other = [s for s in settings if s != w.onednn]
       if w.onednn == ref and "0" in other and (("0", c) in times):
