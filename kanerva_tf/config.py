@@ -9,6 +9,7 @@ from kanerva_tf.networks import KERNEL_INITIALIZER
 LIKELIHOODS = ("bernoulli", "gaussian")
 READ_POSTERIORS = ("concat", "residual", "encoder_skip", "prior")
 WRITE_ADDRESSES = ("sample", "mean")
+ROW_COVARIANCES = ("full", "diagonal")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
 MIN_SCALE = 1e-4  # the floor added to every softplus scale of the models
 
@@ -81,6 +82,12 @@ class ModelConfig:
       mean of q(y_t|x_t), so that the read's sample scatters around the written address
       instead of two samples around each other. Either is a choice of q(M|X); reading
       always samples y_t (eq. 12).
+    row_covariance: U, the covariance between the memory's rows (section 3.1): "full"
+      (default, the paper's model: a learned K x K U_0 = L L^T and the exact posterior U) or
+      "diagonal" (Fig. 10's comparison): a learned diagonal U_0, and after every write only
+      the diagonal (the rows' variances) of the exact posterior U is kept, so no covariance
+      between rows coordinates memory access. The posterior mean R of a batch write is the
+      exact one from that diagonal prior.
   """
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   code_size: int = 100
@@ -102,6 +109,7 @@ class ModelConfig:
   prior_loc_stddev: float = 0.0
   y_scale: Optional[float] = 0.3
   write_address: str = "mean"
+  row_covariance: str = "full"
 
   def __post_init__(self):
     shape = tuple(self.image_shape)
@@ -151,6 +159,9 @@ class ModelConfig:
                        f"got {self.write_address!r}.")
     if not self.y_noise_std >= 0:
       raise ValueError(f"ModelConfig.y_noise_std must be >= 0; got {self.y_noise_std!r}.")
+    if self.row_covariance not in ROW_COVARIANCES:
+      raise ValueError(f"ModelConfig.row_covariance must be one of {ROW_COVARIANCES}; "
+                       f"got {self.row_covariance!r}.")
 
   @classmethod
   def omniglot(cls, **overrides):

@@ -292,16 +292,25 @@ class KanervaMachine(_GenerativeModel):
     loc_init = ("zeros" if cfg.prior_loc_stddev == 0 else
                 keras.initializers.TruncatedNormal(stddev=cfg.prior_loc_stddev))
     self.prior_loc = self.add_weight(shape=(k, c), initializer=loc_init, name="prior_loc")
-    # U_0 = L L^T with L lower triangular, diag(L) = softplus(raw) > 0: positive definite.
+    # U_0 = L L^T with L lower triangular, diag(L) = softplus(raw) > 0: positive definite;
+    # with row_covariance="diagonal", L = diag(softplus(raw)), raw of shape [K].
     softplus_inv_one = float(np.log(np.expm1(1.)))
-    self.prior_scale_raw = self.add_weight(
-        shape=(k, k), initializer=keras.initializers.Identity(gain=softplus_inv_one),
-        name="prior_scale_raw")
+    if cfg.row_covariance == "diagonal":
+      self.prior_scale_raw = self.add_weight(
+          shape=(k,), initializer=keras.initializers.Constant(softplus_inv_one),
+          name="prior_scale_raw")
+    else:
+      self.prior_scale_raw = self.add_weight(
+          shape=(k, k), initializer=keras.initializers.Identity(gain=softplus_inv_one),
+          name="prior_scale_raw")
 
   # -- the memory
   def prior(self):
     """The learned prior memory p(M) = MN(R_0, U_0, I_C) (eq. 4), batch shape []."""
     raw = tf.convert_to_tensor(self.prior_scale_raw)
+    if self.config.row_covariance == "diagonal":
+      return KanervaMemory(self.prior_loc, tf.linalg.diag(tf.square(tf.nn.softplus(raw) + 1e-3)),
+                           name="prior_memory")
     diag = tf.nn.softplus(tf.linalg.diag_part(raw)) + 1e-3
     scale = tf.linalg.set_diag(tf.linalg.band_part(raw, -1, 0), diag)  # L [K, K]
     return KanervaMemory(self.prior_loc, tf.matmul(scale, scale, transpose_b=True),
@@ -344,9 +353,14 @@ class KanervaMachine(_GenerativeModel):
     else:
       z, z_variance = _sample_normal(mean, scale, seed), None
     prior = self.prior() if prior is None else prior
-    return prior.update(
+    posterior = prior.update(
         w, z, noise_variance=self.config.noise_variance, z_variance=z_variance,
         method=self.config.write_method, chunk_size=self.config.chunk_size)
+    if self.config.row_covariance == "diagonal":  # keep only the rows' variances (Fig. 10)
+      posterior = KanervaMemory(
+          posterior.loc, tf.linalg.diag(tf.linalg.diag_part(posterior.row_covariance)),
+          validate_args=False, name="posterior_memory")
+    return posterior
 
   def _memory_prior_on_z(self, memory, w):
     """p(z | y, M) as (mean `[..., C]`, scale broadcastable to it): eq. 6 or eq. 19."""

@@ -221,6 +221,44 @@ def test_read_posterior_prior_has_no_bottom_up_stream():
     model.q_z_params(embedding, prior_mean)
 
 
+def test_diagonal_row_covariance_option():
+  """row_covariance="diagonal" (Fig. 10): U_0 is diagonal, and the written memory keeps the
+  exact posterior mean and the diagonal of the exact posterior U (eq. 11) from that prior;
+  every variable still gets a gradient."""
+  x = _binary((2, 4, 8, 8, 1))
+  model = kt.KanervaMachine(kt.ModelConfig(**{**TINY.to_dict(), "row_covariance": "diagonal"}))
+  with tf.GradientTape() as tape:
+    out = model(x, training=True, seed=(1, 1))
+  grads = tape.gradient(out["loss"], model.trainable_variables)
+  assert not [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
+  assert model.prior_scale_raw.shape == (TINY.memory_size,)
+  model.prior_scale_raw.assign(tf.linspace(-1., 1., TINY.memory_size))
+  prior = model.prior()
+  u0 = prior.row_covariance.numpy()
+  np.testing.assert_array_equal(u0, np.diag(np.diag(u0)))
+  np.testing.assert_allclose(np.diag(u0), (np.log1p(np.exp(np.linspace(-1, 1, 5))) + 1e-3) ** 2,
+                             rtol=1e-5)
+  embedding = model.encoder(x)
+  w = tf.nn.softmax(tf.random.stateless_normal([2, 4, TINY.memory_size], (5, 5)))
+  memory = model._write(embedding, w, (2, 2), prior)
+  exact = prior.update(w, _sampled_z(model, embedding), noise_variance=TINY.noise_variance)
+  np.testing.assert_allclose(memory.loc, exact.loc, rtol=1e-5, atol=1e-6)
+  full_u = exact.row_covariance.numpy()
+  assert np.abs(full_u * (1 - np.eye(5))).max() > 1e-4  # the exact posterior U is not diagonal
+  np.testing.assert_allclose(memory.row_covariance,
+                             np.stack([np.diag(np.diag(u)) for u in full_u]), rtol=1e-5,
+                             atol=1e-7)
+  with pytest.raises(ValueError, match="row_covariance must be one of"):
+    kt.ModelConfig(row_covariance="low_rank")
+
+
+def _sampled_z(model, embedding):
+  """The z_t ~ q(z_t|x_t) that `model._write(embedding, w, (2, 2))` writes (eq. 8)."""
+  from kanerva_tf.model import _sample_normal, _split_normal  # pylint: disable=g-import-not-at-top
+  mean, scale = _split_normal(embedding)
+  return _sample_normal(mean, scale, (2, 2))
+
+
 def test_shared_y_scale_option():
   """y_scale=s: q(y|x)'s scale is one learned vector, s at initialisation, the same for every
   input; the MLP outputs only the mean; KL(y) is the closed form for that scale."""
