@@ -360,15 +360,57 @@ def report_section(name, exp, loaded):
   return "\n".join(lines)
 
 
-def write_report(name, exp, results_md):
-  """Replaces the experiment's marked section of RESULTS.md (appends it when absent)."""
+def headline_table(experiments):
+  """Markdown rows of RESULTS.md's opening table: for every experiment with a `headline`
+  entry ({"title": str, "paper": {run: nats}}), each of those runs: its seeds, the last step
+  all of them reached, the test bound of each seed there, their mean, and the paper's number.
+  Seeds that stopped earlier are named with their last step."""
+  lines = ["| experiment | run | flags | seeds | step | test bound per seed (nats) | mean | "
+           "paper |", "|---|---|---|---|---|---|---|---|"]
+  for name, exp in experiments.items():
+    head = exp.get("headline")
+    if not head:
+      continue
+    loaded = load_runs(name, exp)
+    for run, paper in head["paper"].items():
+      tests = {s: loaded[(run, s)]["test"] for s in exp["seeds"]
+               if (run, s) in loaded and loaded[(run, s)]["test"]}
+      if not tests:
+        continue
+      step = max(tests[s][-1]["step"] for s in tests)
+      full = {s: at_step(t, step) for s, t in tests.items() if at_step(t, step)}
+      short = {s: t[-1] for s, t in tests.items() if s not in full}
+      cells = [" ".join(f"{full[s]['loss']:.2f}" for s in sorted(full))]
+      cells += [f"(seed {s}: {r['loss']:.2f} at step {r['step']})" for s, r in sorted(short.items())]
+      flags = " ".join(f"`{f}`" for f in exp["runs"][run]) or "(flagfile)"
+      lines.append(f"| {head['title']} | `{run}` | {flags} | "
+                   f"{', '.join(map(str, sorted(full)))} | {step} | {' '.join(cells)} | "
+                   f"{_mean([r['loss'] for r in full.values()]):.2f} | {paper} |")
+  return lines
+
+
+def _replace_section(text, start, end, section):
+  """`text` with the part from marker `start` to marker `end` replaced by `section`
+  (appended when the markers are absent)."""
+  if start in text and end in text:
+    return text[:text.index(start)] + section + text[text.index(end) + len(end):]
+  return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def write_report(name, exp, results_md, experiments=None):
+  """Replaces the experiment's marked section of RESULTS.md (appends it when absent), and
+  the headline table between `<!-- headline -->` markers when there are such markers."""
   section = report_section(name, exp, load_runs(name, exp))
   text = open(results_md).read() if os.path.exists(results_md) else ""
-  start, end = f"<!-- experiment:{name} -->", f"<!-- /experiment:{name} -->"
-  if start in text and end in text:
-    text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
-  else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
+  text = _replace_section(text, f"<!-- experiment:{name} -->", f"<!-- /experiment:{name} -->",
+                          section)
+  if "<!-- headline -->" in text and "<!-- /headline -->" in text:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    table = "\n".join(["<!-- headline -->",
+                        f"Generated {stamp} by `python bench/experiment.py <name> --report` "
+                        f"(each experiment's section below says how its runs were trained).",
+                        "", *headline_table(experiments or EXPERIMENTS), "<!-- /headline -->"])
+    text = _replace_section(text, "<!-- headline -->", "<!-- /headline -->", table)
   with open(results_md, "w") as f:
     f.write(text)
   return section

@@ -15,6 +15,8 @@ Each entry:
   report_steps: optional steps of the report's tables (default: the last step all runs reached).
   quality_nats: optional; the report adds time-to-quality rows for this bound.
   evals: eval.py flags for the evaluation of each run's last checkpoint ([] = none).
+  headline: optional {"title": str, "paper": {run: the paper's number}}: those runs open
+    RESULTS.md's headline table.
   workdir: where a run trains, a template of {experiment}, {run}, {seed}.
 """
 
@@ -60,6 +62,7 @@ EXPERIMENTS = {
         flagfile="omniglot.flags", steps=10000, seeds=(0, 1, 2),
         common=_COMMON,
         baseline="vae",
+        headline=dict(title="Omniglot", paper={"kanerva": 68.3, "vae": 112.7}),
         runs={"kanerva": [], "vae": ["--model=vae"],
               # Issue 12: the per-input q(y|x) scale won the 3,000-step ablation on both
               # seeds; the same at length decides the default.

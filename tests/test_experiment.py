@@ -108,3 +108,30 @@ def test_time_to_quality_rows(tmp_path, monkeypatch):
   row = next(l for l in lines if l.startswith("| `km`"))
   assert [c.strip() for c in row.strip("|").split("|")] == ["`km`", "0", "1000", "1.0",
                                                              "1000", "1.0"]
+
+
+def test_headline_table_uses_the_last_step_every_seed_reached(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  exp = {**EXP, "headline": dict(title="Toy", paper={"km": 68.3, "vae": 112.7})}
+  _write_run(tmp_path, "vae", 0, [160., 150., 140.])
+  _write_run(tmp_path, "km", 0, [160., 140., 120.])
+  _write_run(tmp_path, "km", 1, [160., 146.])          # stopped at step 1000
+  lines = experiment.headline_table({"toy": exp, "other": EXP})
+  km = next(l for l in lines if "`km`" in l)
+  cells = [c.strip() for c in km.strip("|").split("|")]
+  assert cells[0] == "Toy" and cells[3:5] == ["0", "1500"]
+  assert cells[5] == "120.00 (seed 1: 146.00 at step 1000)"
+  assert cells[6:] == ["120.00", "68.3"]
+  assert len(lines) == 4  # header, rule, km, vae; EXP has no headline
+
+
+def test_write_report_fills_the_headline_markers(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  exp = {**EXP, "headline": dict(title="Toy", paper={"vae": 112.7})}
+  _write_run(tmp_path, "vae", 0, [160., 150., 140.])
+  md = tmp_path / "RESULTS.md"
+  md.write_text("# R\n<!-- headline -->\nold\n<!-- /headline -->\nprose\n")
+  experiment.write_report("toy", exp, str(md), experiments={"toy": exp})
+  text = md.read_text()
+  assert "old" not in text and "| Toy | `vae` |" in text and "prose" in text
+  assert text.index("<!-- headline -->") < text.index("<!-- experiment:toy -->")
