@@ -76,7 +76,7 @@ def define_flags():
                      "~ truncated N(0, s^2) (0 = zeros).", lower_bound=0.)
   flags.DEFINE_float("y_scale", None, "Kanerva Machine: one learned scale of q(y|x) shared by "
                      "all inputs, initialised to this value; 0 = a scale per input output by the "
-                     "q(y|x) MLP (default: preset).", lower_bound=0.)
+                     "q(y|x) MLP (default: preset, 0).", lower_bound=0.)
   flags.DEFINE_enum("write_address", None, config.WRITE_ADDRESSES, "Kanerva Machine: write "
                     "with w from a sample of q(y|x) or from its mean (default: preset, mean).")
   # Optimisation and distribution.

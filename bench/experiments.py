@@ -64,9 +64,9 @@ EXPERIMENTS = {
         baseline="vae",
         headline=dict(title="Omniglot", paper={"kanerva": 68.3, "vae": 112.7}),
         runs={"kanerva": [], "vae": ["--model=vae"],
-              # Issue 12: the per-input q(y|x) scale won the 3,000-step ablation on both
-              # seeds; the same at length decides the default.
-              "kanerva_y_perinput": ["--y_scale=0"]},
+              # The default before 2026-12-02 (one shared q(y|x) scale from 0.3): those runs
+              # were trained with the flagfile alone; their config.json has y_scale 0.3.
+              "kanerva_y_shared03": ["--y_scale=0.3"]},
         quality_nats=100,
         report_steps=[5000, 10000],   # tables at these steps (seeds that reached them)
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],

@@ -22,7 +22,7 @@ def test_addressing_defaults_and_legacy_runs():
   before y_scale / write_address existed restores the model it was trained with."""
   for cfg in (ModelConfig(), ModelConfig.omniglot(), ModelConfig.cifar()):
     assert (cfg.y_size, cfg.y_scale, cfg.write_address, cfg.read_posterior) == (
-        16, 0.3, "mean", "encoder_skip")
+        16, None, "mean", "encoder_skip")
   old = {k: v for k, v in ModelConfig.omniglot(y_size=50, read_posterior="concat").to_dict()
          .items() if k not in ("y_scale", "write_address")}
   restored = ModelConfig.from_dict(old)
