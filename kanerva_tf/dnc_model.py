@@ -140,6 +140,8 @@ class DNCMachine(_GenerativeModel):
   # the same code, on the same attributes `q_y` and `q_y_scale_raw` built below.
   q_y_params = KanervaMachine.q_y_params
 
+  loss_terms = ("loss", "reconstruction", "kl_y", "kl_z")  # scalars of `call`
+
   def __init__(self, config=None, dnc_config=None, **kwargs):
     super().__init__(config, **kwargs)
     cfg = self.config

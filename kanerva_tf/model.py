@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import samplers
 
+from kanerva_tf import keras_fit
 from kanerva_tf import networks
 from kanerva_tf.config import MIN_SCALE, ModelConfig
 from kanerva_tf.memory import KanervaMemory
@@ -88,8 +89,9 @@ def iterate(body, iterations, loop_vars):
 
 
 # ----------------------------------------------------------------------------- shared base
-class _GenerativeModel(keras.Model):
-  """Encoder, decoder, likelihood and input checks shared by `KanervaMachine` and `VAE`."""
+class _GenerativeModel(keras_fit.KerasFit, keras.Model):
+  """Encoder, decoder, likelihood and input checks shared by `KanervaMachine` and `VAE`;
+  Keras `compile` / `fit` / `evaluate` / `save` (`kanerva_tf.keras_fit`)."""
 
   def __init__(self, config=None, **kwargs):
     super().__init__(**kwargs)
@@ -268,6 +270,8 @@ class KanervaMachine(_GenerativeModel):
   variance = mean of its diagonal variances) and reading uses eq. 19,
   p(z_t | y_t, R, U) = N(w_t^T R, (w_t^T U w_t + sigma^2) I).
   """
+
+  loss_terms = ("loss", "reconstruction", "kl_y", "kl_z", "kl_memory")  # scalars of `call`
 
   def __init__(self, config=None, **kwargs):
     super().__init__(config, **kwargs)

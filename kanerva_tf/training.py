@@ -26,6 +26,7 @@ from kanerva_tf import data as data_lib
 from kanerva_tf import evaluation
 from kanerva_tf import runs
 from kanerva_tf.config import VAE_FIELDS, ModelConfig
+from kanerva_tf.keras_fit import replica_seed  # the seeds of Keras fit's steps too
 
 __all__ = ["TrainConfig", "STRATEGIES", "Interrupted", "make_strategy", "make_train_function",
            "replica_seed", "train_and_evaluate"]
@@ -209,12 +210,6 @@ def _log_images(model, model_type, episode, step, seed):
     samples = model.generate(shown, iterations=4, seed=(seed, 3)).numpy()
   tf.summary.image("samples", _image_grid(samples.reshape((-1,) + samples.shape[2:]), shown),
                    step=step)
-
-
-def replica_seed(seed, step, replica_id, num_replicas):
-  """The stateless sampling seed of one replica at one step: int32 [2]."""
-  return tf.stack([tf.constant(seed % 2**31, tf.int32), tf.cast(
-      tf.cast(step, tf.int64) * num_replicas + tf.cast(replica_id, tf.int64), tf.int32)])
 
 
 def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_size, seed,
