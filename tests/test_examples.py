@@ -5,6 +5,9 @@ assertions are the claims of the example's docstring, with its stated tolerances
 """
 
 import importlib.util
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +94,64 @@ def test_vi_and_nuts_recover_the_exact_posterior_of_update(joint, capsys):
   for key in ("mean", "row_covariance"):
     assert nuts[key] <= joint.MC_TOLERANCE, (key, nuts)
   assert nuts["min_ess"] > 1000  # the chains mixed: the Monte Carlo errors mean something
+
+
+# ----------------------------------------------------------------------------- pretrained model
+@pytest.fixture(scope="module")
+def pretrained():
+  return _load("pretrained")
+
+
+def test_pretrained_writes_denoises_and_generates(pretrained, tmp_path, capsys):
+  out = tmp_path / "example.png"
+  results = pretrained.main(out=str(out), source="bundled")
+  printed = capsys.readouterr().out
+  assert "Episode: T = 32 images, bundled" in printed and "Wrote" in printed
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  loc, cov = results["memory"]["loc"], results["memory"]["row_covariance"]
+  assert loc.shape == (1, 64, 100) and cov.shape == (1, 64, 64)
+  np.testing.assert_allclose(cov, np.swapaxes(cov, 1, 2), atol=1e-5)
+  assert np.linalg.eigvalsh(cov[0]).min() > 0  # a posterior row covariance: positive definite
+  n = pretrained.N
+  for key in ("originals", "noisy", "denoised", "samples"):
+    images = results[key]
+    assert images.shape == (n, 28, 28, 1) and images.min() >= 0 and images.max() <= 1, key
+  # The docstring's numbers (shipped model, bundled episode, seed 0).
+  assert 60 < results["loss"]["loss"] < 100
+  error = results["error"]
+  assert 0.4 < error["noisy"]["block"] < 0.6
+  assert error["denoised"]["block"] < error["noisy"]["block"] - 0.1  # the blocks are filled in
+  assert error["denoised"]["image"] > error["noisy"]["image"]       # ... but the images blur
+  # Stateless seeds: the same seed gives the same images.
+  again = pretrained.main(out=str(tmp_path / "again.png"), source="bundled")
+  for key in ("denoised", "samples"):
+    np.testing.assert_array_equal(again[key], results[key])
+
+
+def test_pretrained_runs_with_tensorflow_alone_in_under_a_minute(tmp_path):
+  """The script, in a fresh process in which kanerva_tf and TFP cannot be imported."""
+  code = ("import sys, runpy; sys.modules['kanerva_tf'] = None; "
+          "sys.modules['tensorflow_probability'] = None; "
+          f"sys.argv = ['pretrained.py', '--source=bundled', '--out={tmp_path / 'x.png'}']; "
+          f"runpy.run_path({str(EXAMPLES / 'pretrained.py')!r}, run_name='__main__')")
+  start = time.time()
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, cwd=tmp_path)
+  elapsed = time.time() - start
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / "x.png").exists() and "Wrote" in proc.stdout
+  assert elapsed < 60, elapsed
+
+
+def test_bundled_episode_is_the_tfds_test_split_as_kanerva_tf_loads_it(pretrained):
+  """Needs the prepared Omniglot test split ($TFDS_DATA_DIR); skipped without it."""
+  from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  try:
+    images, indices = pretrained.tfds_episode(seed=0)
+  except Exception as e:  # pylint: disable=broad-except
+    pytest.skip(f"TFDS Omniglot test split not available: {type(e).__name__}")
+  bundled, bundled_indices = pretrained.bundled_episode()
+  np.testing.assert_array_equal(indices, bundled_indices)
+  np.testing.assert_array_equal(images, bundled)
+  split, _, _ = data_lib.load_split("omniglot", "test")  # the training pipeline's images
+  np.testing.assert_array_equal(split[indices].astype(np.float32), bundled)
