@@ -333,9 +333,8 @@ def test_compile_refuses_a_loss_metrics_and_bad_seeds():
   assert [m.name for m in model.metrics] == list(kt.VAE.loss_terms)
 
 
-def test_fit_refuses_sample_weights():
-  model = _built(kt.VAE)
-  model.compile(seed=0)
+def test_fit_refuses_sample_weights(fitted_vae):
+  model, _, _ = fitted_vae
   x = _episodes(1, 0)[0]
   with pytest.raises(ValueError, match="sample weights are not supported"):
-    model.train_step((x, None, tf.ones([B])))
+    model.train_step((x, None, tf.ones([B])))  # refused before any update
