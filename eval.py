@@ -3,7 +3,7 @@ r"""Evaluates a training run: test bound, importance-weighted NLL and the paper'
   python eval.py --workdir=/tmp/km_omniglot
   python eval.py --workdir=/tmp/km_cifar --importance_samples=100 --num_batches=20 --nofigures
 
-Flags -> kanerva_tf.evaluation.run_evaluation, which writes <out_dir>/eval.json (every number,
+Flags -> kanerva_tf.evaluate_run.run_evaluation, which writes <out_dir>/eval.json (every number,
 the checkpoint step and these flags) and the PNG figures; a short summary is printed. First,
 with --download (the default), the run's dataset is downloaded and prepared when the data
 directory lacks it (`prepare_data`).
@@ -89,14 +89,14 @@ def main(argv, fv=flags.FLAGS):
   if "://" not in fv.workdir and not os.path.isfile(os.path.join(fv.workdir, "config.json")):
     raise app.UsageError(f"--workdir={fv.workdir} is not a training run directory: it has no "
                          "config.json (train.py writes it when a run starts).")
-  from kanerva_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import evaluate_run  # pylint: disable=g-import-not-at-top
 
   flag_values = {name: fv[name].value for name in (
       "workdir", "checkpoint", "out_dir", "split", "num_batches", "batch_size", "episode_length",
       "seed", "importance_samples", "figures", "episode_sizes", "class_counts", "data_dir",
       "reuse_write_address")}
   try:
-    result = evaluation.run_evaluation(
+    result = evaluate_run.run_evaluation(
         fv.workdir, fv.out_dir, checkpoint=fv.checkpoint, num_batches=fv.num_batches or None,
         batch_size=fv.batch_size, episode_length=fv.episode_length, seed=fv.seed,
         importance_samples=fv.importance_samples, figures=fv.figures, split=fv.split,
@@ -107,7 +107,7 @@ def main(argv, fv=flags.FLAGS):
                          else {"reuse_write_address": fv.reuse_write_address}))
   except FileNotFoundError as e:  # no checkpoint, or the data is not prepared
     raise app.UsageError(str(e)) from e
-  print(evaluation.format_summary(result))
+  print(evaluate_run.format_summary(result))
 
 
 def prepare_data(fv=flags.FLAGS):

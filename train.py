@@ -7,7 +7,9 @@ Flags -> (ModelConfig, TrainConfig) -> kanerva_tf.training.train_and_evaluate. R
 same command resumes from the last checkpoint in --workdir.
 """
 
+import functools
 import os
+import typing
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # oneDNN kernels: ~2.4x faster training on CPUs where TensorFlow leaves them off (kanerva_tf
@@ -20,124 +22,132 @@ from absl import logging
 
 FLAGS = flags.FLAGS
 
+# --flag -> (config class, field) for the flags that set a ModelConfig or TrainConfig field;
+# filled by define_flags, read by configs_from_flags.
+CONFIG_FLAGS = {}
 
-def define_flags():
-  """Every flag has a default and a help string; sizes default to the dataset's preset."""
+
+def _dataset_presets():
+  """{TFDS dataset name: the ModelConfig preset of the paper's settings for it}."""
+  from kanerva_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  return {"omniglot": ModelConfig.omniglot, "cifar10": ModelConfig.cifar}
+
+
+def _define_field_flag(fv, cls, field, flag=None, *, preset=False, other_datasets=None,
+                       note=None, **kwargs):
+  """Defines --flag (default: --field) that sets the field `field` of the config class `cls`.
+
+  The flag's type, default, choices (an enum flag) and help are the field's: its annotation,
+  its dataclass default, `cls.CHOICES` and its entry in `cls`'s Attributes section
+  (`kanerva_tf.config.field_docs`). preset=True: the flag's default is None and the dataset's
+  preset decides (`configs_from_flags`); the help names the presets' values, and
+  `other_datasets` (default: the dataclass default) what another dataset gets. `note` is
+  added to the help; kwargs (e.g. lower_bound) go to the DEFINE function.
+  """
   from kanerva_tf import config  # pylint: disable=g-import-not-at-top
+  name = flag or field
+  default = config.field_default(cls, field)
+  help_text = config.field_docs(cls)[field]
+  if preset:
+    values = ", ".join(f"{dataset} {getattr(make(), field)!r}"
+                       for dataset, make in _dataset_presets().items())
+    help_text += (f" Unset: the dataset's preset ({values}; another dataset "
+                  f"{other_datasets or repr(default)}).")
+    default = None
+  if note:
+    help_text += " " + note
+  kind = typing.get_type_hints(cls)[field]
+  if typing.get_origin(kind) is typing.Union:  # Optional[X]
+    kind = next(a for a in typing.get_args(kind) if a is not type(None))
+  choices = cls.CHOICES.get(field)
+  if choices:
+    flags.DEFINE_enum(name, default, list(choices), help_text, flag_values=fv, **kwargs)
+  else:
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+              str: flags.DEFINE_string}[kind]
+    define(name, default, help_text, flag_values=fv, **kwargs)
+  CONFIG_FLAGS[name] = (cls, field)
+
+
+def define_flags(fv=FLAGS):
+  """Every flag has a default and a help string; sizes default to the dataset's preset.
+
+  The flags of config fields take their type, default, choices and help from `ModelConfig`
+  and `TrainConfig` (`_define_field_flag`); only the flags of no field are written out here.
+  """
+  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
+  from kanerva_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  train_flag = functools.partial(_define_field_flag, fv, training.TrainConfig)
+  model_flag = functools.partial(_define_field_flag, fv, ModelConfig)
   # Data.
-  flags.DEFINE_string("dataset", "omniglot", "TFDS image dataset: omniglot, cifar10, or any "
-                      "TFDS dataset with an 'image' feature.")
-  flags.DEFINE_string("data_dir", None, "TFDS data directory with the prepared dataset "
-                      "(default: $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
-  flags.DEFINE_bool("download", True, "Download and prepare the dataset into the data "
-                    "directory when it is not there (--nodownload: fail at once).")
-  flags.DEFINE_integer("image_size", None, "Resize images to this side (default: the dataset's "
-                       "preset: 28 for omniglot, native otherwise).", lower_bound=8)
-  flags.DEFINE_bool("binarize", None, "Threshold images to {0, 1} (default: dataset preset).")
-  flags.DEFINE_bool("grayscale", None, "Convert images to one channel (default: preset).")
-  flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
-  flags.DEFINE_string("eval_split", "test", "TFDS split for the periodic test bound.")
+  for field in ("dataset", "data_dir", "download"):
+    train_flag(field)
+  train_flag("image_size", lower_bound=8)
+  for field in ("binarize", "grayscale", "train_split", "eval_split"):
+    train_flag(field)
   # Model.
-  flags.DEFINE_enum("model", "kanerva", ["kanerva", "vae", "dnc"], "Kanerva Machine, matched "
-                    "VAE, or the DNC baseline (Appendix D; sizes: kanerva_tf.dnc_model).")
-  flags.DEFINE_integer("episode_length", 32, "T, images per episode.", lower_bound=1)
-  flags.DEFINE_integer("code_size", None, "C (default: preset; omniglot 100, cifar 200).",
-                       lower_bound=1)
-  flags.DEFINE_integer("memory_size", None, "K (default: preset; omniglot 64, cifar 128).",
-                       lower_bound=1)
-  flags.DEFINE_integer("address_size", None, "S (default: preset, 50).", lower_bound=1)
-  flags.DEFINE_integer("y_size", None, "Dimension of the addressing variable y (default: "
-                       "preset, 50).", lower_bound=1)
-  flags.DEFINE_float("y_noise_std", None, "Std of the N(0, s^2) noise on the input of q(y|x) "
-                     "in training (default: preset, 0.2 as in Appendix C).", lower_bound=0.)
-  flags.DEFINE_float("noise_variance", None, "sigma^2 of p(z|y,M) (eq. 6; default: preset, 1 "
-                     "as in the paper).", lower_bound=0.)
-  flags.DEFINE_integer("num_filters", None, "Conv filters (default: preset; 16 / 32).",
-                       lower_bound=1)
-  flags.DEFINE_enum("likelihood", None, ["bernoulli", "gaussian"],
-                    "p(x|z) (default: bernoulli for binarized data, else gaussian).")
-  flags.DEFINE_enum("write_method", "batch", ["batch", "online"], "Memory write: one T x T "
-                    "solve, or on-line (identical posterior).")
-  flags.DEFINE_integer("chunk_size", None, "On-line write: observations per step.",
-                       lower_bound=1)
-  flags.DEFINE_bool("distribution_memory", False, "Distribution-based read/write (App. F).")
-  flags.DEFINE_enum("kernel_initializer", "glorot_uniform",
-                    ["glorot_uniform", "he_normal", "lecun_normal"],
-                    "Initializer of every conv / dense kernel (see kanerva_tf.networks).")
-  flags.DEFINE_integer("kl_y_warmup_steps", 0, "Kanerva Machine: weigh KL(y) by min(1, step / "
-                       "N) in the training loss (0 = off: eq. 12 throughout).", lower_bound=0)
-  flags.DEFINE_bool("reuse_write_address", False, "Experiment switch, NOT eq. 12: read x_t with "
-                    "the address sample that wrote it (see kanerva_tf.ModelConfig).")
-  flags.DEFINE_enum("read_posterior", None, config.READ_POSTERIORS,
-                    "Kanerva Machine: q(z|x,y,M) mean from the MLP (concat), read + MLP output "
-                    "(residual), or mean of q(z|x) + MLP output (encoder_skip) (default: "
-                    "preset, encoder_skip).")
-  flags.DEFINE_float("prior_loc_stddev", 0., "Kanerva Machine: initial R_0 entries "
-                     "~ truncated N(0, s^2) (0 = zeros).", lower_bound=0.)
-  flags.DEFINE_float("y_scale", None, "Kanerva Machine: one learned scale of q(y|x) shared by "
-                     "all inputs, initialised to this value; 0 = a scale per input output by the "
-                     "q(y|x) MLP (default: preset, 0).", lower_bound=0.)
-  flags.DEFINE_enum("write_address", None, config.WRITE_ADDRESSES, "Kanerva Machine: write "
-                    "with w from a sample of q(y|x) or from its mean (default: preset, mean).")
+  train_flag("model_type", "model")
+  model_flag("episode_length", lower_bound=1)
+  for field in ("code_size", "memory_size", "address_size", "y_size", "num_filters"):
+    model_flag(field, preset=True, lower_bound=1)
+  for field in ("y_noise_std", "noise_variance"):
+    model_flag(field, preset=True, lower_bound=0.)
+  model_flag("likelihood", preset=True,
+             other_datasets="'bernoulli' for binarized data, else 'gaussian'")
+  model_flag("write_method")
+  model_flag("chunk_size", lower_bound=1)
+  for field in ("distribution_memory", "kernel_initializer"):
+    model_flag(field)
+  train_flag("kl_y_warmup_steps", lower_bound=0)
+  model_flag("reuse_write_address")
+  model_flag("read_posterior", preset=True)
+  model_flag("prior_loc_stddev", lower_bound=0.)
+  model_flag("y_scale", preset=True, lower_bound=0.,
+             note="--y_scale=0 sets None: a scale per input.")
+  model_flag("write_address", preset=True)
+  model_flag("row_covariance")
   # Optimisation and distribution.
-  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.")
-  flags.DEFINE_integer("train_steps", 100_000, "Total training steps.", lower_bound=1)
-  flags.DEFINE_integer("batch_size", 16, "Global batch B of episodes.", lower_bound=1)
-  flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate (paper: 1e-4; 3e-4 is in its "
-                     "robust range and trains both models faster here, RESULTS.md).",
-                     lower_bound=0.)
-  flags.DEFINE_integer("seed", 0, "Seed of initialisation, data and sampling.")
-  flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "default"],
-                    "tf.distribute strategy: mirrored = all local GPUs (else CPU devices).")
-  flags.DEFINE_integer("steps_per_call", 10, "Training steps per tf.function call.",
-                       lower_bound=1)
-  flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward/backward pass.")
-  flags.DEFINE_integer("log_every", 100, "Steps between progress lines and summaries.",
-                       lower_bound=0)
-  flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.", lower_bound=0)
-  flags.DEFINE_integer("eval_every", 1000, "Steps between test-bound evaluations.",
-                       lower_bound=0)
-  flags.DEFINE_integer("eval_batches", 10, "Batches per evaluation.", lower_bound=1)
-  flags.DEFINE_integer("image_every", 5000, "Steps between image summaries.", lower_bound=0)
-  flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/export at the end.")
-  flags.mark_flag_as_required("workdir")
+  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.",
+                      flag_values=fv)
+  train_flag("train_steps", lower_bound=1)
+  train_flag("batch_size", lower_bound=1)
+  train_flag("learning_rate", lower_bound=0.)
+  for field in ("seed", "strategy"):
+    train_flag(field)
+  train_flag("steps_per_call", lower_bound=1)
+  train_flag("jit_compile")
+  for field in ("log_every", "checkpoint_every", "eval_every"):
+    train_flag(field, lower_bound=0)
+  train_flag("eval_batches", lower_bound=1)
+  train_flag("image_every", lower_bound=0)
+  train_flag("export")
+  flags.mark_flag_as_required("workdir", flag_values=fv)
 
 
-def configs_from_flags():
-  """(ModelConfig, TrainConfig) from the flags; ValueError names a bad value."""
+def configs_from_flags(fv=FLAGS):
+  """(ModelConfig, TrainConfig) from the flags; ValueError names a bad value.
+
+  Every flag of `CONFIG_FLAGS` sets its field; a ModelConfig flag left at None leaves the
+  field to the dataset's preset (omniglot and cifar10 at their paper image size and
+  channels), else to the ModelConfig default.
+  """
   from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   from kanerva_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
 
-  train_config = training.TrainConfig(
-      model_type=FLAGS.model, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-      download=FLAGS.download,
-      image_size=FLAGS.image_size, binarize=FLAGS.binarize, grayscale=FLAGS.grayscale,
-      train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
-      train_steps=FLAGS.train_steps, batch_size=FLAGS.batch_size,
-      learning_rate=FLAGS.learning_rate, seed=FLAGS.seed, strategy=FLAGS.strategy,
-      steps_per_call=FLAGS.steps_per_call, log_every=FLAGS.log_every,
-      checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
-      eval_batches=FLAGS.eval_batches, image_every=FLAGS.image_every,
-      jit_compile=FLAGS.jit_compile, export=FLAGS.export,
-      kl_y_warmup_steps=FLAGS.kl_y_warmup_steps)
-  overrides = {k: getattr(FLAGS, k) for k in (
-      "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size",
-      "y_size", "y_noise_std", "noise_variance", "y_scale", "write_address",
-      "read_posterior")
-               if getattr(FLAGS, k) is not None}
+  values = {cls: {} for cls in (ModelConfig, training.TrainConfig)}
+  for name, (cls, field) in CONFIG_FLAGS.items():
+    values[cls][field] = fv[name].value
+  train_config = training.TrainConfig(**values[training.TrainConfig])
+  overrides = {k: v for k, v in values[ModelConfig].items() if v is not None}
   if overrides.get("y_scale") == 0:
     overrides["y_scale"] = None  # --y_scale=0: the per-input scale of the q(y|x) MLP
-  overrides.update(write_method=FLAGS.write_method, episode_length=FLAGS.episode_length,
-                   distribution_memory=FLAGS.distribution_memory,
-                   kernel_initializer=FLAGS.kernel_initializer,
-                   reuse_write_address=FLAGS.reuse_write_address,
-                   prior_loc_stddev=FLAGS.prior_loc_stddev)
-  if FLAGS.dataset == "omniglot" and FLAGS.image_size in (None, 28) and FLAGS.grayscale in (None, True):
-    return ModelConfig.omniglot(**overrides), train_config
-  if FLAGS.dataset == "cifar10" and FLAGS.image_size in (None, 32) and FLAGS.grayscale in (None, False):
-    return ModelConfig.cifar(**overrides), train_config
-  info = data_lib.dataset_info(FLAGS.dataset, FLAGS.train_split, download=FLAGS.download,
+  preset = _dataset_presets().get(fv.dataset)
+  if preset is not None:
+    h, _, d = preset().image_shape
+    if fv.image_size in (None, h) and fv.grayscale in (None, d == 1):
+      return preset(**overrides), train_config
+  info = data_lib.dataset_info(fv.dataset, fv.train_split, download=fv.download,
                                **train_config.data_kwargs())
   overrides.setdefault("likelihood", "bernoulli" if info.binarize else "gaussian")
   return ModelConfig(image_shape=tuple(info.image_shape), **overrides), train_config

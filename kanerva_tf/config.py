@@ -1,7 +1,15 @@
-"""ModelConfig: every size and switch of the Kanerva Machine and its matched VAE."""
+"""ModelConfig: every size and switch of the Kanerva Machine and its matched VAE.
 
+`field_docs` reads the documentation of a config dataclass's fields (its docstring's
+Attributes section, for `ModelConfig` and `kanerva_tf.training.TrainConfig`), and
+`check_field_docs` checks that it describes every field with its default and choices.
+"""
+
+import ast
 import dataclasses
-from typing import Optional, Tuple
+import inspect
+import re
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 from kanerva_tf.memory import WRITE_METHODS
 from kanerva_tf.networks import KERNEL_INITIALIZER
@@ -30,66 +38,96 @@ class ModelConfig:
   `write_address`, `read_posterior`) are the configuration under which the Kanerva Machine
   learns to use its memory under eq. 12 (RESULTS.md, ablation); the paper's literal reading
   (y_size=50, y_scale=None, write_address="sample", read_posterior="concat") stays one
-  setting away and does not learn to use its memory.
+  setting away and does not learn to use its memory. The presets `omniglot()` and `cifar()`
+  set the paper's sizes per dataset (section 4).
+
+  This section is the one description of every field: `train.py` takes its flags' help,
+  defaults and choices from it, the dataclass defaults and `CHOICES`; `check_field_docs`
+  (run by the tests) keeps them in step. Each entry names its default in the form
+  Default: `<Python literal>`.
 
   Attributes:
-    image_shape: (H, W, D) of one image.
-    code_size: C, dimension of z and columns of the memory.
-    memory_size: K, rows of the memory.
-    address_size: S, size of the key b = f(y) and columns of the addresses A (K x S).
-    num_filters: F, filters of every convolution in the encoder and decoder.
-    likelihood: "bernoulli" (binary images) or "gaussian" (learned scale per channel, with
-      uniform U(0, 1/256) dequantisation noise on the inputs during training).
-    y_size: dimension of the addressing variable y (prior N(0, I)); the paper does not give
-      it. 16: each dimension q(y|x) makes precise costs KL(y), and 16 cost about half the
-      nats of 50 for addresses as good (RESULTS.md).
-    mlp_hidden_size: hidden units of every 2-layer MLP.
-    y_noise_std: std of the Gaussian noise added, in training only, to the input of q(y|x).
-    noise_variance: sigma^2 of p(z | y, M) = N(w^T M, sigma^2 I) (eq. 6); the paper fixes 1.
-    write_method: "batch" or "online" memory write (identical posteriors; section 3.3).
-    chunk_size: observations per on-line write step (method "online" only; None = 1).
-    distribution_memory: read and write with distributions, Appendix F, instead of
-      mean-field reads (eq. 6 with R) and sampled writes (eq. 8).
-    episode_length: T used for training and by default in evaluation.
-    kernel_initializer: initializer of every convolution and dense kernel (Keras name, one of
-      `KERNEL_INITIALIZERS`): "glorot_uniform" (Keras' default, see
-      `networks.KERNEL_INITIALIZER`), "he_normal" or "lecun_normal" (Sonnet's default).
+    image_shape: (H, W, D) of one image, positive ints. Default: `(28, 28, 1)`
+      (`cifar()`: (32, 32, 3)).
+    code_size: C, dimension of z_t and columns of the memory M (K x C, eq. 4); the encoder
+      outputs 2C numbers, the mean and scale of q(z_t|x_t) (Appendix C). Positive int.
+      Default: `100` (`cifar()`: 200).
+    memory_size: K, rows of the memory M (eq. 4) and of the addresses A. Positive int.
+      Default: `64` (`cifar()`: 128).
+    address_size: S, size of the key b_t = f(y_t) and columns of the addresses A (K x S) in
+      w_t = b_t^T A (eq. 5). Positive int. Default: `50`.
+    num_filters: F, filters of every convolution in the encoder and decoder (Appendix C: 16
+      or 32 by dataset). Positive int. Default: `16` (`cifar()`: 32).
+    likelihood: p(x_t|z_t): "bernoulli" (binary images) or "gaussian" (a learned scale per
+      pixel, with uniform U(0, 1/256) dequantisation noise on the inputs during training,
+      Appendix C). Default: `"bernoulli"` (`cifar()`: "gaussian").
+    y_size: dimension of the addressing variable y_t (prior N(0, I), eq. 3); the paper does
+      not give it. 16: each dimension q(y|x) makes precise costs KL(y), and 16 cost about
+      half the nats of 50 for addresses as good (RESULTS.md). Positive int. Default: `16`.
+    mlp_hidden_size: hidden units of every 2-layer MLP (Appendix C). Positive int.
+      Default: `200` (`cifar()`: 400).
+    y_noise_std: std of the Gaussian noise added, in training only, to the input of q(y|x)
+      (Appendix C: 0.2). Float >= 0. Default: `0.2`.
+    noise_variance: sigma^2 of p(z_t | y_t, M) = N(w_t^T M, sigma^2 I) (eq. 6); the paper
+      fixes 1. Float > 0. Default: `1.0`.
+    write_method: how the memory is written (section 3.3, eq. 9-11): "batch" (one T x T
+      solve) or "online" (one observation, or `chunk_size`, at a time); identical
+      posteriors. Default: `"batch"`.
+    chunk_size: observations per on-line write step (write_method "online" only; None = 1).
+      None or a positive int. Default: `None`.
+    distribution_memory: read and write with distributions, Appendix F (eq. 19), instead of
+      mean-field reads (eq. 6 with R) and sampled writes (eq. 8). Bool. Default: `False`.
+    episode_length: T, images per episode in training and by default in evaluation.
+      Positive int. Default: `32`.
+    kernel_initializer: initializer of every convolution and dense kernel (a Keras name):
+      "glorot_uniform" (Keras' default, see `networks.KERNEL_INITIALIZER`), "he_normal" or
+      "lecun_normal" (Sonnet's default). Default: `"glorot_uniform"`.
     reuse_write_address: an experiment switch, off by default. When on, the training loss
       reads x_t with the address sample y_t that wrote x_t into the memory, instead of an
       independent y_t ~ q(y_t|x_t). The loss is then NOT an unbiased estimate of eq. 12: the
       memory can store each z_t under its random address and return it exactly, whatever
-      q(y|x) is (RESULTS.md). For studying how the paper's curves could arise only.
-    read_posterior: parameterisation of q(z_t | x_t, y_t, M), an MLP on [e(x_t), w_t^T R]
-      (section 3.2 fixes only its input): "concat" takes its mean from the MLP;
-      "residual" adds the MLP's mean output to the read w_t^T R, so that following the memory
-      is the MLP's zero output; "encoder_skip" adds it to the mean of q(z_t|x_t) (the code
-      that is written), so that the code read is the written code plus a correction, as the
-      VAE's code is the encoder's (default). All are eq. 12; they differ in what is easy to
+      q(y|x) is (RESULTS.md). For studying how the paper's curves could arise only. Bool.
+      Default: `False`.
+    read_posterior: parameterisation of q(z_t | x_t, y_t, M) (eq. 7), an MLP on
+      [e(x_t), w_t^T R] (section 3.2 fixes only its input): "concat" takes its mean from the
+      MLP; "residual" adds the MLP's mean output to the read w_t^T R, so that following the
+      memory is the MLP's zero output; "encoder_skip" adds it to the mean of q(z_t|x_t) (the
+      code that is written), so that the code read is the written code plus a correction,
+      as the VAE's code is the encoder's. All are eq. 12; they differ in what is easy to
       learn: with "concat" nothing ties the written code to the code read at the start.
       "prior": no bottom-up stream (Appendix D, the DNC comparison of section 4.4): z_t is
       sampled from p(z_t | y_t, M) itself, q(z_t | x_t, y_t, M) = p(z_t | y_t, M), so KL(z)
       is 0 and x_t reaches its code only through its address y_t and the memory; no q_z MLP.
-    prior_loc_stddev: initial R_0 is zeros (0, default) or truncated N(0, s^2) entries (s > 0,
-      as the memory module of the authors' later Dynamic Kanerva Machine initialises it).
+      Default: `"encoder_skip"`.
+    prior_loc_stddev: the initial prior mean R_0 (eq. 4) is zeros (0) or truncated
+      N(0, s^2) entries (s > 0, as the memory module of the authors' later Dynamic Kanerva
+      Machine initialises it). Float >= 0. Default: `0.0`.
     y_scale: scale of q(y_t|x_t) (section 3.2 fixes only that it is a diagonal Gaussian):
-      None (default), a scale per input output by the q(y|x) MLP (softplus, about 0.7 at
-      initialisation); a float s > 0, one learned scale per dimension of y, shared by all
+      None, a scale per input output by the q(y|x) MLP (softplus, about 0.7 at
+      initialisation); a float s > 1e-4, one learned scale per dimension of y, shared by all
       inputs and initialised to s (e.g. 0.3, as the Dynamic Kanerva Machine's addressing).
       With y of size 16 and writing with the mean address, the per-input scale starts
       slower and is ahead from ~2,500 steps on (RESULTS.md: 5.8 and 6.8 nats at 5,000 steps
-      on seeds 0 and 1). Eq. 12 holds either way.
-    write_address: the address that writes x_t (eq. 8): "sample", w from one y_t ~
-      q(y_t|x_t) (the paper's one-sample approximation), or "mean" (default), w from the
-      mean of q(y_t|x_t), so that the read's sample scatters around the written address
-      instead of two samples around each other. Either is a choice of q(M|X); reading
-      always samples y_t (eq. 12).
-    row_covariance: U, the covariance between the memory's rows (section 3.1): "full"
-      (default, the paper's model: a learned K x K U_0 = L L^T and the exact posterior U) or
-      "diagonal" (Fig. 10's comparison): a learned diagonal U_0, and after every write only
-      the diagonal (the rows' variances) of the exact posterior U is kept, so no covariance
-      between rows coordinates memory access. The posterior mean R of a batch write is the
-      exact one from that diagonal prior.
+      on seeds 0 and 1). Eq. 12 holds either way. Default: `None`.
+    write_address: the address that writes x_t (eq. 8): "sample", w_t from one y_t ~
+      q(y_t|x_t) (the paper's one-sample approximation), or "mean", w_t from the mean of
+      q(y_t|x_t), so that the read's sample scatters around the written address instead of
+      two samples around each other. Either is a choice of q(M|X); reading always samples
+      y_t (eq. 12). Default: `"mean"`.
+    row_covariance: U, the covariance between the memory's rows (eq. 4, section 3.1):
+      "full" (the paper's model: a learned K x K U_0 = L L^T and the exact posterior U,
+      eq. 9-11) or "diagonal" (Fig. 10's comparison): a learned diagonal U_0, and after every
+      write only the diagonal (the rows' variances) of the exact posterior U is kept, so no
+      covariance between rows coordinates memory access. The posterior mean R of a batch
+      write is the exact one from that diagonal prior. Default: `"full"`.
   """
+  # The allowed values of the fields that take one of a few strings (validated in
+  # __post_init__; train.py's enum flags).
+  CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {
+      "likelihood": LIKELIHOODS, "write_method": WRITE_METHODS,
+      "kernel_initializer": KERNEL_INITIALIZERS, "read_posterior": READ_POSTERIORS,
+      "write_address": WRITE_ADDRESSES, "row_covariance": ROW_COVARIANCES}
+
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   code_size: int = 100
   memory_size: int = 64
@@ -123,12 +161,8 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"ModelConfig.{name} must be a positive int; got {value!r}.")
-    if self.likelihood not in LIKELIHOODS:
-      raise ValueError(f"ModelConfig.likelihood must be one of {LIKELIHOODS}; "
-                       f"got {self.likelihood!r}.")
-    if self.write_method not in WRITE_METHODS:
-      raise ValueError(f"ModelConfig.write_method must be one of {WRITE_METHODS}; "
-                       f"got {self.write_method!r}.")
+    self._check_choice("likelihood")
+    self._check_choice("write_method")
     if self.chunk_size is not None:
       if self.write_method != "online":
         raise ValueError("ModelConfig.chunk_size is only used with write_method='online'; "
@@ -140,12 +174,8 @@ class ModelConfig:
     for name in ("distribution_memory", "reuse_write_address"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"ModelConfig.{name} must be a bool; got {getattr(self, name)!r}.")
-    if self.kernel_initializer not in KERNEL_INITIALIZERS:
-      raise ValueError(f"ModelConfig.kernel_initializer must be one of {KERNEL_INITIALIZERS}; "
-                       f"got {self.kernel_initializer!r}.")
-    if self.read_posterior not in READ_POSTERIORS:
-      raise ValueError(f"ModelConfig.read_posterior must be one of {READ_POSTERIORS}; "
-                       f"got {self.read_posterior!r}.")
+    self._check_choice("kernel_initializer")
+    self._check_choice("read_posterior")
     if (isinstance(self.prior_loc_stddev, bool) or
         not isinstance(self.prior_loc_stddev, (int, float)) or not self.prior_loc_stddev >= 0):
       raise ValueError(f"ModelConfig.prior_loc_stddev must be a float >= 0; "
@@ -155,14 +185,15 @@ class ModelConfig:
                                      not self.y_scale > MIN_SCALE):
       raise ValueError(f"ModelConfig.y_scale must be None or a float > {MIN_SCALE}; "
                        f"got {self.y_scale!r}.")
-    if self.write_address not in WRITE_ADDRESSES:
-      raise ValueError(f"ModelConfig.write_address must be one of {WRITE_ADDRESSES}; "
-                       f"got {self.write_address!r}.")
+    self._check_choice("write_address")
     if not self.y_noise_std >= 0:
       raise ValueError(f"ModelConfig.y_noise_std must be >= 0; got {self.y_noise_std!r}.")
-    if self.row_covariance not in ROW_COVARIANCES:
-      raise ValueError(f"ModelConfig.row_covariance must be one of {ROW_COVARIANCES}; "
-                       f"got {self.row_covariance!r}.")
+    self._check_choice("row_covariance")
+
+  def _check_choice(self, name):
+    value, choices = getattr(self, name), self.CHOICES[name]
+    if value not in choices:
+      raise ValueError(f"ModelConfig.{name} must be one of {choices}; got {value!r}.")
 
   @classmethod
   def omniglot(cls, **overrides):
@@ -193,3 +224,57 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"ModelConfig: unknown fields {sorted(unknown)}.")
     return cls(**values)
+
+
+_DEFAULT = re.compile(r"Default: `([^`]*)`")
+
+
+def field_docs(cls) -> Dict[str, str]:
+  """{field name: its description} from the Attributes section of a dataclass's docstring.
+
+  An entry is a line `name: text` indented one step below "Attributes:", continued by the
+  lines indented further; its text is returned on one line (white space folded).
+  """
+  lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+  if "Attributes:" not in lines:
+    return {}
+  docs, name = {}, None
+  for line in lines[lines.index("Attributes:") + 1:]:
+    entry = re.match(r"^  (\w+): (.*)$", line)
+    if entry:
+      name = entry.group(1)
+      docs[name] = [entry.group(2)]
+    elif name and line.startswith("   "):
+      docs[name].append(line.strip())
+    elif line.strip():
+      break  # the next section
+  return {k: " ".join(" ".join(v).split()) for k, v in docs.items()}
+
+
+def field_default(cls, name):
+  """The default of the dataclass field `name`."""
+  return {f.name: f for f in dataclasses.fields(cls)}[name].default
+
+
+def check_field_docs(cls) -> List[str]:
+  """What `field_docs(cls)` lacks: every field documented, nothing else, each entry with its
+  default as Default: `<Python literal>` equal to the dataclass default, and naming every
+  allowed value of `cls.CHOICES` (in double quotes). [] when the documentation is complete."""
+  docs = field_docs(cls)
+  names = [f.name for f in dataclasses.fields(cls)]
+  problems = [f"{cls.__name__}.{n}: not documented" for n in names if n not in docs]
+  problems += [f"{cls.__name__}.{n}: documented but not a field" for n in docs
+               if n not in names]
+  for name in (n for n in names if n in docs):
+    stated = _DEFAULT.findall(docs[name])
+    try:
+      ok = len(stated) == 1 and ast.literal_eval(stated[0]) == field_default(cls, name)
+    except (ValueError, SyntaxError):
+      ok = False
+    if not ok:
+      problems.append(f"{cls.__name__}.{name}: its doc must state its default once as "
+                      f"Default: `{field_default(cls, name)!r}`; it states {stated}")
+    for choice in getattr(cls, "CHOICES", {}).get(name, ()):
+      if f'"{choice}"' not in docs[name]:
+        problems.append(f"{cls.__name__}.{name}: its doc does not name the choice \"{choice}\"")
+  return problems

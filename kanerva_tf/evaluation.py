@@ -1,17 +1,16 @@
-"""Evaluation of a trained run: test bounds, importance-weighted estimates and the paper's figures.
-
-`run_evaluation(workdir, out_dir, ...)` restores a run (`kanerva_tf.runs`), evaluates it on a
-TFDS split and writes `<out_dir>/eval.json` and PNG figures; `eval.py` only turns flags into
-that call. The pieces are usable on their own:
+"""The numbers of an evaluation: test bounds, importance-weighted estimates, address diagnostics.
 
   * `evaluate_bound(model, dataset, ...)`: the negative variational lower bound per sample
     (eq. 12 / T for the Kanerva Machine, eq. 1 for the VAE) and its terms, in nats, averaged
     over all episodes; optionally an importance-weighted (IW) estimate of the negative
     log-likelihood (`importance_log_likelihood`).
-  * `bound_sweep` / `plot_bound_sweep`: the bound against the episode size T and the number of
-    classes per episode (Fig. 6 right).
-  * Figures: `plot_reconstructions` (Fig. 3 left), `plot_generation` (Fig. 4, 5; Fig. 8 for the
-    VAE), `plot_denoising` (Fig. 3 right), `plot_interpolation` (Fig. 7).
+  * `address_diagnostics`: does a Kanerva Machine address its memory by image (eq. 5, 9-11)?
+  * `bound_sweep`: the bound against the episode size T and the number of classes per
+    episode (Fig. 6 right).
+  * `corrupt_with_block`: the corruption of the denoising experiment (section 4.3).
+
+The figures of these numbers are in `kanerva_tf.figures`; `kanerva_tf.evaluate_run` runs
+everything for a training run and writes eval.json (`eval.py`).
 
 Gaussian-likelihood models (colour data) are evaluated on dequantised inputs x + U(0, 1/256),
 as they are trained (Appendix C): the density of a continuous x on bins of width 1/256 then
@@ -20,52 +19,38 @@ bounds the probability of the 8-bit image, so `bits_per_dim` = (nats + HWD log 2
 dimension. Bernoulli models (binary Omniglot) report nats only.
 
 Every function is deterministic given its `seed` (stateless sampling; the data sampling of
-`kanerva_tf.data.episode_dataset` is stateless too). Figures are drawn with matplotlib's
-object-oriented API on an Agg canvas (no pyplot, no global backend change).
+`kanerva_tf.data.episode_dataset` is stateless too).
 
 Shapes follow the package glossary (`kanerva_tf/__init__.py`); k is the number of importance
 samples.
 """
 
-import io
-import json
 import math
 import numbers
-import os
 import weakref
-from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from matplotlib import patches
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tensorflow_probability.python.internal import samplers
 
 from kanerva_tf import data as data_lib
-from kanerva_tf import runs
 from kanerva_tf.dnc_model import DNCMachine
 from kanerva_tf.model import KanervaMachine
 from kanerva_tf.model import stateless_seed
 from kanerva_tf.model import _split_normal  # the model's own (mean, softplus scale) split
 
 __all__ = [
-    "EPISODE_SIZES", "CLASS_COUNTS", "GENERATION_ITERATIONS", "evaluate_bound",
-    "importance_log_likelihood", "address_diagnostics", "bound_sweep", "plot_bound_sweep",
-    "plot_reconstructions",
-    "plot_generation", "plot_denoising", "plot_interpolation", "corrupt_with_block",
-    "run_evaluation", "format_summary", "EVAL_FILE",
+    "EPISODE_SIZES", "CLASS_COUNTS", "DENOISE_BLOCK", "MEMORY_MODELS", "evaluate_bound",
+    "importance_log_likelihood", "address_diagnostics", "bound_sweep", "corrupt_with_block",
 ]
 
-EVAL_FILE = "eval.json"
 EPISODE_SIZES = (16, 32, 64, 128, 256)   # Fig. 6 right
 CLASS_COUNTS = (2, 4, 12, None)          # None = 'all': no class restriction
-GENERATION_ITERATIONS = (0, 2, 4, 6, 8)  # Fig. 4, 5 and 8 columns
-CONDITIONING_SIZE = 12                   # Fig. 4: "conditioned on 12 random examples"
 DENOISE_BLOCK = 12                       # Fig. 3 right: 12x12 blocks on 28x28 images
 _IW_IMAGES_PER_CHUNK = 4096              # decoded images per importance-sampling chunk
 _LOG_2PI = float(np.log(2. * np.pi))
+MEMORY_MODELS = (KanervaMachine, DNCMachine)  # models that write and read a memory
 
 
 # ============================================================================ compiled calls
@@ -192,7 +177,7 @@ def _km_log_weights(model, x, embedding, memory, k, seed):
           + _normal_log_prob(y, 0., 1.) - _normal_log_prob(y, mean_y, scale_y))
 
 
-# ============================================================================ bounds
+# ======================================================================= bounds, diagnostics
 def importance_log_likelihood(model, episode, num_samples, seed):
   """Importance-weighted estimate of log p(x_t) per observation, `[B, T]` (nats).
 
@@ -230,7 +215,7 @@ def importance_log_likelihood(model, episode, num_samples, seed):
   Returns:
     float32 `[B, T]`.
   """
-  num_samples = _check_int("importance_samples", num_samples, minimum=1)
+  num_samples = check_int("importance_samples", num_samples, minimum=1)
   x = model.check_images(episode)
   chunk = _chunk_size(num_samples, int(np.prod(x.shape[:2])))
   return _iw_fn(model, num_samples, chunk)(x, _seed(seed))
@@ -256,9 +241,9 @@ def evaluate_bound(model, dataset, num_batches=None, seed=0, importance_samples=
     `iw_loss_stderr`, `importance_samples` and, Gaussian, `iw_bits_per_dim`; and
     `num_episodes` (int).
   """
-  importance_samples = _check_int("importance_samples", importance_samples, minimum=0)
+  importance_samples = check_int("importance_samples", importance_samples, minimum=0)
   if num_batches is not None:
-    num_batches = _check_int("num_batches", num_batches, minimum=1)
+    num_batches = check_int("num_batches", num_batches, minimum=1)
     if isinstance(dataset, tf.data.Dataset):
       dataset = dataset.take(num_batches)
   elif isinstance(dataset, tf.data.Dataset) and (
@@ -330,7 +315,7 @@ def address_diagnostics(model, episode, seed=0):
   Returns:
     dict of Python floats (JSON-serialisable) with the keys above.
   """
-  _require_km(model, "address_diagnostics")
+  require_model(model, "address_diagnostics")
   x = model.check_images(episode)
   seeds = samplers.split_seed(stateless_seed(seed), 2)
   embedding = model.encoder(x)                                        # [B, T, 2C]
@@ -368,14 +353,18 @@ def address_diagnostics(model, episode, seed=0):
   }
 
 
+
+
 def _stderr(values):
   return float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.
 
 
-def _class_label(num_classes):
+def class_label(num_classes):
+  """The label of a class count in eval.json and the figures: "2", ..., "all" for None."""
   return "all" if num_classes is None else str(num_classes)
 
 
+# ============================================================================ sweeps
 def bound_sweep(model, data_kwargs, split, *, episode_sizes=EPISODE_SIZES,
                 class_counts=CLASS_COUNTS, num_images=None, batch_size=16, seed=0):
   """The bound against episode size T and classes per episode (Fig. 6 right).
@@ -401,15 +390,15 @@ def bound_sweep(model, data_kwargs, split, *, episode_sizes=EPISODE_SIZES,
   kwargs = dict(data_kwargs)
   name = kwargs.pop("dataset")
   info = data_lib.dataset_info(name, split, **kwargs)
-  sizes = [_check_int("episode size", t, minimum=1) for t in episode_sizes]
-  labels = [_class_label(c) for c in class_counts]
+  sizes = [check_int("episode size", t, minimum=1) for t in episode_sizes]
+  labels = [class_label(c) for c in class_counts]
   result = {"episode_sizes": sizes, "class_counts": labels, "loss": {}, "num_episodes": {},
             "skipped": {}}
   if _is_gaussian(model):
     result["bits_per_dim"] = {}
   for c, label in zip(class_counts, labels):
     losses, counts, bpd = [], [], []
-    reason = _class_count_problem(c, info)
+    reason = class_count_problem(c, info)
     if reason:
       result["skipped"][label] = reason
       logging.info("Bound sweep: skipping %s classes: %s", label, reason)
@@ -435,7 +424,7 @@ def bound_sweep(model, data_kwargs, split, *, episode_sizes=EPISODE_SIZES,
   return result
 
 
-def _class_count_problem(num_classes, info):
+def class_count_problem(num_classes, info):
   """Why episodes of `num_classes` classes cannot be drawn from the split, or None."""
   if num_classes is None:
     return None
@@ -446,176 +435,7 @@ def _class_count_problem(num_classes, info):
   return None
 
 
-def plot_bound_sweep(sweep, path, title=None):
-  """Line plot of `bound_sweep` results: loss (nats) against T, one line per class count."""
-  fig = _figure((6, 4))
-  ax = fig.add_subplot()
-  for label in sweep["class_counts"]:
-    points = [(t, v) for t, v in zip(sweep["episode_sizes"], sweep["loss"][label])
-              if v is not None]
-    if points:
-      t, v = zip(*points)
-      ax.plot(t, v, marker="o", label=f"{label} classes" if label != "all" else "all classes")
-  ax.set_xscale("log", base=2)
-  ax.set_xticks(sweep["episode_sizes"], [str(t) for t in sweep["episode_sizes"]])
-  ax.set_xlabel("episode size T")
-  ax.set_ylabel("test loss: negative bound per sample (nats)")
-  ax.set_title(title or "Test bound vs episode size (Fig. 6 right)")
-  ax.grid(True, alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  _save(fig, path)
-
-
-# ============================================================================ figures
-def _figure(size, layout=None):
-  fig = Figure(figsize=size, layout=layout)
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _save(fig, path, dpi=100):
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(buf.getvalue())
-
-
-_PAD_RGB = (0.72, 0.8, 0.92)  # light blue between cells and in empty cells
-
-
-def _mosaic(images, pad=1):
-  """Images `[R, Cols, H, W, D]` (NaN = empty cell) -> one RGB array `[R(H+p)+p, Cols(W+p)+p, 3]`.
-
-  One-channel images are drawn ink-dark as in the paper (1 = black: RGB 1 - x); colour images
-  as they are. Values are clipped to [0, 1].
-  """
-  images = np.asarray(images, np.float32)
-  r, c, h, w, d = images.shape
-  out = np.empty((r * (h + pad) + pad, c * (w + pad) + pad, 3), np.float32)
-  out[:] = _PAD_RGB
-  for i in range(r):
-    for j in range(c):
-      cell = images[i, j]
-      if np.isnan(cell).all():
-        continue
-      cell = np.clip(cell, 0., 1.)
-      cell = np.repeat(1. - cell, 3, axis=-1) if d == 1 else cell[..., :3]
-      out[pad + i * (h + pad):pad + i * (h + pad) + h,
-          pad + j * (w + pad):pad + j * (w + pad) + w] = cell
-  return out
-
-
-def _show(ax, mosaic, title=None, col_labels=None, row_labels=None, cell=None, pad=1):
-  """Draws a `_mosaic`, with optional labels under the columns and left of the rows."""
-  ax.imshow(mosaic, interpolation="nearest")
-  ax.set_xticks([]), ax.set_yticks([])
-  if cell is not None:
-    h, w = cell
-    if col_labels is not None:
-      ax.set_xticks([pad + j * (w + pad) + (w - 1) / 2 for j in range(len(col_labels))],
-                    col_labels, fontsize=7)
-    if row_labels is not None:
-      ax.set_yticks([pad + i * (h + pad) + (h - 1) / 2 for i in range(len(row_labels))],
-                    row_labels, fontsize=7)
-  ax.tick_params(length=0)
-  for spine in ax.spines.values():
-    spine.set_visible(False)
-  if title:
-    ax.set_title(title, fontsize=9)
-
-
-def _grid(images, cols):
-  """Images `[N, H, W, D]` -> `[ceil(N/cols), cols, H, W, D]`, empty cells NaN."""
-  images = np.asarray(images, np.float32)
-  rows = math.ceil(len(images) / cols)
-  out = np.full((rows * cols,) + images.shape[1:], np.nan, np.float32)
-  out[:len(images)] = images
-  return out.reshape((rows, cols) + images.shape[1:])
-
-
-def plot_reconstructions(model, episodes, path, *, seed=0, max_episodes=4, max_images=12):
-  """Originals and reconstructions (Fig. 3 left), one pair of rows per episode.
-
-  Kanerva Machine: each episode is written to the memory and read back once
-  (`reconstruct`); VAE: x -> z ~ q(z|x) -> E[x|z].
-
-  Args:
-    model: a `KanervaMachine` or `VAE`.
-    episodes: float32 `[B, T, H, W, D]`; the first `max_episodes` episodes are written whole,
-      their first `max_images` images shown.
-    path: output PNG.
-  """
-  x = tf.convert_to_tensor(episodes)[:max_episodes]
-  recon = model.reconstruct(x, seed=_seed(seed)).numpy()[:, :max_images]    # [B, T', H, W, D]
-  x = x.numpy()[:, :max_images]
-  rows = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # [2B, T', H, W, D]
-  labels = [f"{kind} {i}" for i in range(x.shape[0]) for kind in ("data", "recon")]
-  h, w = x.shape[2:4]
-  fig = _figure((0.6 * x.shape[1] + 1.2, 0.6 * len(rows) + 0.8))
-  _show(fig.add_subplot(), _mosaic(rows), cell=(h, w), row_labels=labels,
-        title=f"{type(model).__name__}: episodes (data) and reconstructions")
-  fig.tight_layout()
-  _save(fig, path)
-
-
-def plot_generation(model, conditioning, path, *, num_samples=8,
-                    iterations=GENERATION_ITERATIONS, seed=0):
-  """Samples refined by iterative reading (Fig. 4, 5); for the VAE, fed-back samples (Fig. 8).
-
-  Kanerva Machine: for each conditioning episode the episode is written to the memory and
-  `generate(memory, num_samples, max(iterations))` draws y ~ N(0, I), z ~ p(z|y, M),
-  x ~ p(x|z), then reads iteratively; the columns are the samples after the given
-  iterations. One panel per episode: the conditioning images above, the samples below.
-  VAE: `generate(num_samples, max(iterations))` (z ~ N(0, I), outputs fed back through the
-  encoder), one panel; `conditioning` is ignored.
-
-  Args:
-    model: a `KanervaMachine` or `VAE`.
-    conditioning: dict {panel title: episode float32 `[T, H, W, D]`} (Kanerva Machine).
-    path: output PNG.
-    num_samples: rows of samples per panel.
-    iterations: the iterations shown (column 0 = before any reading).
-    seed: stateless seed; panel i uses fold_in(seed, i).
-  """
-  iterations = tuple(int(i) for i in iterations)
-  last = max(iterations)
-  seed = _seed(seed)
-  is_km = isinstance(model, _MEMORY_MODELS)  # generates from a written memory (KM or DNC)
-  panels = []  # (title, conditioning images [T, H, W, D] or None, samples [N, cols, H, W, D])
-  if is_km:
-    if not conditioning:
-      raise ValueError("plot_generation: the Kanerva Machine needs conditioning episodes.")
-    for i, (title, episode) in enumerate(conditioning.items()):
-      write_seed, gen_seed = tf.unstack(samplers.split_seed(samplers.fold_in(seed, i), 2))
-      episode = tf.convert_to_tensor(episode)[tf.newaxis]              # [1, T, H, W, D]
-      memory = model.write(episode, seed=write_seed)
-      samples = model.generate(memory, num_samples, last, seed=gen_seed)[:, 0]  # [it+1, N, ...]
-      panels.append((title, episode[0].numpy(), samples.numpy()))
-  else:
-    samples = model.generate(num_samples, last, seed=seed)            # [it+1, N, H, W, D]
-    panels.append(("VAE samples fed back (Fig. 8)", None, samples.numpy()))
-  h, w = panels[0][2].shape[2:4]
-  cols = len(iterations)
-  fig = _figure((max(2.4, 0.5 * cols + 0.7) * len(panels), 0.5 * (num_samples + 3) + 1.4),
-                layout="constrained")
-  subfigs = fig.subfigures(1, len(panels), squeeze=False)[0]
-  for sub, (title, images, samples) in zip(subfigs, panels):
-    chosen = np.transpose(samples[list(iterations)], (1, 0, 2, 3, 4))  # [N, cols, H, W, D]
-    if images is not None:
-      cond = _grid(images, cols)
-      axes = sub.subplots(2, 1, height_ratios=[cond.shape[0], num_samples])
-      _show(axes[0], _mosaic(cond), title=f"{title}\nconditioning ({len(images)} images)")
-      ax = axes[1]
-      ax.set_title("samples", fontsize=8)
-    else:
-      ax = sub.subplots(1, 1)
-      ax.set_title(title, fontsize=9)
-    _show(ax, _mosaic(chosen), cell=(h, w), col_labels=[str(i) for i in iterations])
-    ax.set_xlabel("iterations", fontsize=8)
-  _save(fig, path)
-
-
+# ============================================================================ corruption
 def corrupt_with_block(images, seed, block_size=None, fill="noise"):
   """Corrupts each image with one randomly placed block (section 4.3, Fig. 3 right).
 
@@ -653,298 +473,17 @@ def corrupt_with_block(images, seed, block_size=None, fill="noise"):
   return tf.where(inside, value, x), corners.numpy(), (bh, bw)
 
 
-def plot_denoising(model, episode, path, *, num_images=6, iterations=3, block_size=None,
-                   fill="noise", seed=0):
-  """Denoising by iterative reading (Fig. 3 right; Kanerva Machine only).
-
-  The clean episode is written to the memory; its first `num_images` images, corrupted by
-  `corrupt_with_block`, are the queries of `read(..., iterations)`. Columns: original,
-  corrupted (the block outlined in red), then the reads after 1, 2, ... iterations.
-
-  Args:
-    model: a `KanervaMachine`.
-    episode: float32 `[T, H, W, D]`.
-    path: output PNG.
-  """
-  _require_km(model, "plot_denoising", _MEMORY_MODELS)
-  seeds = samplers.split_seed(_seed(seed), 3)
-  x = tf.convert_to_tensor(episode)
-  memory = model.write(x[tf.newaxis], seed=seeds[0])
-  clean = x[:num_images]
-  corrupted, corners, (bh, bw) = corrupt_with_block(clean, seeds[1], block_size, fill)
-  reads = model.read(corrupted[tf.newaxis], memory, iterations, seed=seeds[2])[:, 0]
-  columns = [clean.numpy(), corrupted.numpy()] + list(reads.numpy())  # each [N, H, W, D]
-  grid = np.stack(columns, axis=1)                                    # [N, 2 + it, H, W, D]
-  h, w = grid.shape[2:4]
-  fig = _figure((0.7 * grid.shape[1] + 0.8, 0.7 * grid.shape[0] + 1.))
-  ax = fig.add_subplot()
-  _show(ax, _mosaic(grid), cell=(h, w),
-        col_labels=["original", "corrupted"] + [str(i + 1) for i in range(iterations)],
-        title=f"Denoising: {bh}x{bw} block of "
-              f"{'random binary noise' if fill == 'noise' else 'zeros'}\nthen reads after "
-              f"1..{iterations} iterations")
-  for i, (r, c) in enumerate(corners):   # outline each block in the 'corrupted' column
-    ax.add_patch(patches.Rectangle((1 + (w + 1) + c - 0.5, 1 + i * (h + 1) + r - 0.5), bw, bh,
-                                   fill=False, edgecolor="red", linewidth=0.8))
-  fig.tight_layout()
-  _save(fig, path)
-
-
-def plot_interpolation(model, episode, path, *, num_pairs=4, num_steps=8, seed=0):
-  """Interpolation in the space of addressing weights w (Fig. 7; Kanerva Machine only).
-
-  The episode is written to the memory; pairs (x_0, x_1), (x_2, x_3), ... of its images give
-  w_a, w_b from the means of q(y|x), and `interpolate` reads and decodes
-  (1 - alpha) w_a + alpha w_b for alpha in [0, 1]. Columns: image a, the `num_steps` reads,
-  image b.
-
-  Args:
-    model: a `KanervaMachine`.
-    episode: float32 `[T, H, W, D]`, T >= 2.
-    path: output PNG.
-  """
-  _require_km(model, "plot_interpolation")
-  x = tf.convert_to_tensor(episode)
-  num_pairs = min(num_pairs, int(x.shape[0]) // 2)
-  if num_pairs < 1:
-    raise ValueError(f"plot_interpolation needs an episode of >= 2 images; got {x.shape[0]}.")
-  memory = model.write(x[tf.newaxis], seed=_seed(seed))
-  a, b = x[0:2 * num_pairs:2], x[1:2 * num_pairs:2]                   # [P, H, W, D]
-  memory_p = type(memory)(tf.repeat(memory.loc, num_pairs, axis=0),
-                          tf.repeat(memory.row_covariance, num_pairs, axis=0))
-  reads = model.interpolate(a, b, memory_p, num_steps).numpy()         # [P, steps, H, W, D]
-  grid = np.concatenate([a.numpy()[:, None], reads, b.numpy()[:, None]], axis=1)
-  h, w = grid.shape[2:4]
-  alphas = np.linspace(0., 1., num_steps)
-  fig = _figure((0.6 * grid.shape[1] + 0.8, 0.6 * grid.shape[0] + 1.))
-  _show(fig.add_subplot(), _mosaic(grid), cell=(h, w),
-        col_labels=["a"] + [f"{v:.2g}" for v in alphas] + ["b"],
-        title="Interpolation of addressing weights w (columns: alpha)")
-  fig.tight_layout()
-  _save(fig, path)
-
-
-_MEMORY_MODELS = (KanervaMachine, DNCMachine)  # models that write and read a memory
-
-
-def _require_km(model, what, classes=(KanervaMachine,)):
+# ============================================================================ checks
+# Shared with kanerva_tf.figures and kanerva_tf.evaluate_run.
+def require_model(model, what, classes=(KanervaMachine,)):
+  """ValueError unless `model` is one of `classes` (`what` needs a memory to read)."""
   if not isinstance(model, classes):
     raise ValueError(f"{what} needs a {' or '.join(c.__name__ for c in classes)} (it reads a "
                      f"memory); got {type(model).__name__}.")
 
 
-# ============================================================================ the whole job
-def _check_int(what, value, minimum):
+def check_int(what, value, minimum):
+  """`value` as an int; ValueError naming `what` unless it is an int (not a bool) >= minimum."""
   if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
     raise ValueError(f"{what} must be an int >= {minimum}; got {value!r}.")
   return int(value)
-
-
-def _check_class_counts(class_counts):
-  out = []
-  for c in class_counts:
-    if c is None or c == "all":
-      out.append(None)
-    else:
-      out.append(_check_int("class count", c, minimum=1))
-  return tuple(out)
-
-
-def _data_kwargs(run_config, dataset=None, data_dir=None):
-  """{"dataset", "data_dir", "image_size", "binarize", "grayscale"} from config.json + overrides."""
-  saved = dict(run_config.get("data") or {})
-  out = {key: saved.get(key) for key in ("dataset", "data_dir", "image_size", "binarize",
-                                          "grayscale")}
-  if dataset is not None:
-    out["dataset"] = dataset
-  if data_dir is not None:
-    out["data_dir"] = data_dir
-  if isinstance(out["image_size"], list):
-    out["image_size"] = tuple(out["image_size"])
-  if not out["dataset"]:
-    raise ValueError("config.json of the run has no data.dataset (written by training); pass "
-                     "the dataset name explicitly.")
-  return out
-
-
-def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, batch_size=16,
-                   episode_length=None, seed=0, importance_samples=0, figures=True,
-                   split="test", dataset=None, data_dir=None,
-                   episode_sizes: Sequence[int] = EPISODE_SIZES,
-                   class_counts: Sequence[Optional[int]] = CLASS_COUNTS,
-                   command_line=None, model_overrides=None):
-  """Evaluates a training run; writes `<out_dir>/eval.json` and the figures.
-
-  Args:
-    workdir: the run directory (`kanerva_tf.runs`).
-    out_dir: output directory; default `<workdir>/eval`.
-    checkpoint: a checkpoint path; default the latest of the run.
-    num_batches: batches of `batch_size` episodes for the test bound; None = one pass over the
-      split (ceil(num_examples / T) episodes, rounded up to whole batches).
-    batch_size: B, episodes per batch.
-    episode_length: T; default the run's `ModelConfig.episode_length`.
-    seed: seed of the episode sampling and of all model sampling.
-    importance_samples: k > 0 adds the importance-weighted estimate (`evaluate_bound`).
-    figures: write the PNG figures (the sweep numbers are computed regardless).
-    split: TFDS split.
-    dataset, data_dir: override the run's data (config.json "data"); image_size, binarize and
-      grayscale always come from the run, so the images match the model.
-    episode_sizes: T values of the bound sweep (Fig. 6 right); empty = no sweep.
-    class_counts: classes per episode for the sweep and the generation figure; None or "all"
-      = no class restriction.
-    command_line: recorded in eval.json (e.g. sys.argv and the flag values).
-    model_overrides: `ModelConfig` fields changed for the evaluation (`runs.restore_model`),
-      recorded in eval.json.
-
-  Returns:
-    The dict written to eval.json: "bound" (see `evaluate_bound`), "sweep" (see
-    `bound_sweep`, or None), "addressing" (see `address_diagnostics`; None for the VAE),
-    "figures" {name: file name}, "notes", and the run's identity:
-    "workdir", "checkpoint", "step", "model_type", "likelihood", "dataset", "data", "split",
-    "episode_length", "batch_size", "num_batches", "seed", "importance_samples",
-    "command_line", "out_dir".
-  """
-  batch_size = _check_int("batch_size", batch_size, minimum=1)
-  importance_samples = _check_int("importance_samples", importance_samples, minimum=0)
-  if num_batches is not None:
-    num_batches = _check_int("num_batches", num_batches, minimum=1)
-  if episode_length is not None:
-    episode_length = _check_int("episode_length", episode_length, minimum=1)
-  seed = _check_int("seed", seed, minimum=-2**63)
-  episode_sizes = tuple(_check_int("episode size", t, minimum=1) for t in episode_sizes)
-  class_counts = _check_class_counts(class_counts)
-
-  model, run_config, step = runs.restore_model(workdir, checkpoint, model_overrides)
-  checkpoint = checkpoint or tf.train.latest_checkpoint(runs.checkpoint_dir(workdir))
-  notes = []
-  model_type = run_config["model_type"]
-  config = model.config
-  is_km = isinstance(model, KanervaMachine)
-  data_kwargs = _data_kwargs(run_config, dataset, data_dir)
-  name = data_kwargs["dataset"]
-  load_kwargs = {k: v for k, v in data_kwargs.items() if k != "dataset"}
-  info = data_lib.dataset_info(name, split, **load_kwargs)
-  if info.image_shape != config.image_shape:
-    raise ValueError(f"split {split!r} of {name!r} gives images of shape {info.image_shape} but "
-                     f"the model was built for {config.image_shape}; check the data options.")
-  t = episode_length or config.episode_length
-  out_dir = out_dir or os.path.join(workdir, "eval")
-  tf.io.gfile.makedirs(out_dir)
-  logging.info("Evaluating %s (step %d, checkpoint %s) on %s/%s: T=%d, B=%d.", model_type, step,
-               checkpoint, name, split, t, batch_size)
-
-  num_episodes = None if num_batches is None else num_batches * batch_size
-  ds = data_lib.episode_dataset(name, split, batch_size=batch_size, episode_length=t, seed=seed,
-                                repeat=False, num_episodes=num_episodes, **load_kwargs)
-  bound = evaluate_bound(model, ds, seed=seed, importance_samples=importance_samples)
-  logging.info("Test bound: %s", bound)
-  if importance_samples and is_km:
-    notes.append("iw_loss estimates -log p(x_t | M) with M the written posterior mean and read "
-                 "samples (y, z) independent of the write, like the model's loss (eq. 12); "
-                 "see evaluation.importance_log_likelihood.")
-  if importance_samples and isinstance(model, DNCMachine):
-    notes.append("iw_loss estimates -log p(x_t | M) with M the written DNC state and read "
-                 "samples y independent of the write, z ~ p(z|y, M), like the model's loss; "
-                 "see evaluation.importance_log_likelihood.")
-
-  # The first test batch, read once for the address diagnostics and the figures.
-  first = next(iter(ds.take(1))) if is_km or figures else None         # [B, T, H, W, D]
-  addressing = None
-  if is_km:
-    addressing = address_diagnostics(model, first, seed=seed)
-    logging.info("Addressing: %s", addressing)
-
-  sweep = None
-  if episode_sizes:
-    num_images = None if num_batches is None else bound["num_episodes"] * t
-    sweep = bound_sweep(model, data_kwargs, split, episode_sizes=episode_sizes,
-                        class_counts=class_counts, num_images=num_images,
-                        batch_size=batch_size, seed=seed)
-    for label, reason in sweep["skipped"].items():
-      notes.append(f"sweep: {label} classes skipped: {reason}")
-
-  written = {}
-  if figures:
-    def path(file):
-      return os.path.join(out_dir, file)
-    plot_reconstructions(model, first, path("reconstructions.png"), seed=seed)
-    written["reconstructions"] = "reconstructions.png"
-    conditioning = {}
-    reads_memory = isinstance(model, _MEMORY_MODELS)  # KM or DNC
-    if reads_memory:
-      size = CONDITIONING_SIZE
-      for c in class_counts:
-        problem = _class_count_problem(c, info)
-        if problem is None and c is not None and c > size:
-          problem = f"more classes than the {size} conditioning images"
-        if problem is None and c is None and size > info.num_examples:
-          problem = f"the split has fewer than {size} images"
-        if problem:
-          notes.append(f"generation: {_class_label(c)} classes skipped: {problem}")
-          continue
-        episode = next(iter(data_lib.episode_dataset(
-            name, split, batch_size=1, episode_length=size, seed=seed, num_classes=c,
-            repeat=False, num_episodes=1, **load_kwargs)))[0]
-        conditioning[f"{'KM' if is_km else 'DNC'} ({_class_label(c)} classes)"] = episode
-    if conditioning or not reads_memory:
-      plot_generation(model, conditioning, path("generation.png"), seed=seed)
-      written["generation"] = "generation.png"
-    if is_km:
-      plot_denoising(model, first[0], path("denoising.png"), seed=seed)
-      written["denoising"] = "denoising.png"
-      if t >= 2:
-        plot_interpolation(model, first[0], path("interpolation.png"), seed=seed)
-        written["interpolation"] = "interpolation.png"
-      else:
-        notes.append("interpolation skipped: episodes of one image have no pairs")
-    elif reads_memory:
-      plot_denoising(model, first[0], path("denoising.png"), seed=seed)
-      written["denoising"] = "denoising.png"
-      notes.append("interpolation is a Kanerva Machine figure (it mixes addressing weights w): "
-                   "skipped for the DNC")
-    else:
-      notes.append("denoising and interpolation are Kanerva Machine figures (they read a "
-                   "memory): skipped for the VAE")
-    if sweep is not None:
-      plot_bound_sweep(sweep, path("bound_vs_episode_size.png"),
-                       title=f"{model_type} on {name}/{split}: test bound vs episode size")
-      written["bound_vs_episode_size"] = "bound_vs_episode_size.png"
-  for note in notes:
-    logging.info("Note: %s", note)
-
-  result = {
-      "workdir": str(workdir), "checkpoint": checkpoint, "step": step, "model_type": model_type,
-      "likelihood": config.likelihood, "dataset": name, "data": data_kwargs, "split": split,
-      "episode_length": t, "batch_size": batch_size, "num_batches": num_batches, "seed": seed,
-      "importance_samples": importance_samples, "bound": bound, "sweep": sweep,
-      "addressing": addressing, "model_overrides": model_overrides or {},
-      "figures": written, "notes": notes, "command_line": command_line, "out_dir": out_dir,
-  }
-  eval_path = os.path.join(out_dir, EVAL_FILE)
-  with tf.io.gfile.GFile(eval_path + ".tmp", "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(eval_path + ".tmp", eval_path, overwrite=True)
-  logging.info("Wrote %s", eval_path)
-  return result
-
-
-def format_summary(result):
-  """A few lines summarising a `run_evaluation` result (loss in nats; bits/dim for colour)."""
-  bound = result["bound"]
-  terms = ", ".join(f"{k} {bound[k]:.3f}" for k in ("kl_y", "kl_z") if k in bound)
-  lines = [f"{result['model_type']} at step {result['step']} on {result['dataset']}/"
-           f"{result['split']} ({bound['num_episodes']} episodes of T={result['episode_length']}):",
-           f"  loss {bound['loss']:.3f} +- {bound['loss_stderr']:.3f} nats per image "
-           f"(reconstruction {bound['reconstruction']:.3f}, {terms})"]
-  if "kl_memory" in bound:
-    lines.append(f"  KL(q(M|X) || p(M)) / T = {bound['kl_memory']:.3f} nats (not in the loss)")
-  if "bits_per_dim" in bound:
-    lines.append(f"  {bound['bits_per_dim']:.4f} bits/dim")
-  if "iw_loss" in bound:
-    lines.append(f"  importance-weighted NLL (k={bound['importance_samples']}): "
-                 f"{bound['iw_loss']:.3f} nats"
-                 + (f", {bound['iw_bits_per_dim']:.4f} bits/dim" if "iw_bits_per_dim" in bound
-                    else ""))
-  lines.append(f"  wrote {os.path.join(result['out_dir'], EVAL_FILE)}"
-               + (f" and {len(result['figures'])} figures" if result["figures"] else ""))
-  return "\n".join(lines)

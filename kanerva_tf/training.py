@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from typing import Optional
+from typing import ClassVar, Dict, Optional, Tuple
 
 import keras
 import numpy as np
@@ -38,32 +38,65 @@ STRATEGIES = ("mirrored", "one_device", "default")
 class TrainConfig:
   """Settings of a training run (the model's sizes live in `ModelConfig`).
 
+  This section is the one description of every field: `train.py` takes its flags' help,
+  defaults and choices from it, the dataclass defaults and `CHOICES`
+  (`kanerva_tf.config.check_field_docs` keeps them in step).
+
   Attributes:
-    model_type: "kanerva", "vae" or "dnc" (the DNC baseline, `kanerva_tf.dnc_model`).
-    dataset, data_dir, image_size, binarize, grayscale: the TFDS data (`kanerva_tf.data`).
+    model_type: the model trained: "kanerva" (the Kanerva Machine), "vae" (its matched VAE)
+      or "dnc" (the DNC baseline of section 4.4 / Appendix D, `kanerva_tf.dnc_model`).
+      Default: `"kanerva"`.
+    dataset: a TFDS image dataset (`kanerva_tf.data`): "omniglot", "cifar10", or any TFDS
+      dataset with an 'image' feature. Default: `"omniglot"`.
+    data_dir: the TFDS data directory with the prepared dataset; None: $TFDS_DATA_DIR, else
+      ~/tensorflow_datasets. Default: `None`.
+    image_size: resize the images to this side (an int); None: the dataset's default (28 for
+      omniglot, the native size otherwise). Default: `None`.
+    binarize: threshold the images to {0, 1}; None: the dataset's default (omniglot True,
+      otherwise False). Default: `None`.
+    grayscale: convert the images to one channel; None: the dataset's default (omniglot
+      True, otherwise False). Default: `None`.
     download: when the data is not prepared in the data directory, download and prepare it
       (`kanerva_tf.data.prepare`); False: fail at once. How the data is obtained, not what it
-      is: not part of `data_kwargs` or of the run's identity.
-    train_split, eval_split: TFDS splits for training and periodic evaluation.
-    train_steps: total optimiser steps (a resumed run continues up to this number).
-    batch_size: global batch B of episodes (split across replicas; divisible by their number).
-    learning_rate: Adam learning rate (paper: 1e-4; default 3e-4, in the range the paper
-      reports as robust, 3e-5 to 3e-4, and faster for both models here: RESULTS.md).
-    seed: seed of initialisation, data order and all sampling.
-    strategy: "mirrored" (all local GPUs, else all logical CPU devices), "one_device"
-      (the first GPU, else the CPU) or "default" (no distribution).
-    steps_per_call: training steps run inside one `tf.function` call.
-    log_every, checkpoint_every, eval_every, image_every: periods in steps (0 = never;
-      a checkpoint, evaluation and export are always made at the end).
-    eval_batches: batches of B episodes averaged by each evaluation.
-    max_checkpoints: checkpoints kept in `<workdir>/checkpoints`.
-    jit_compile: XLA-compile each replica's forward and backward pass.
-    export: write the SavedModel to `<workdir>/export` at the end.
+      is: not part of `data_kwargs` or of the run's identity. Default: `True`.
+    train_split: the TFDS split trained on. Default: `"train"`.
+    eval_split: the TFDS split of the periodic evaluation (the test bound, eq. 12 / T).
+      Default: `"test"`.
+    train_steps: total optimiser steps (a resumed run continues up to this number). Positive
+      int. Default: `100_000`.
+    batch_size: global batch B of episodes (split across replicas; divisible by their
+      number; the paper: 16). Positive int. Default: `16`.
+    learning_rate: Adam learning rate in (0, 1) (the paper: 1e-4; 3e-4 is in the range the
+      paper reports as robust, 3e-5 to 3e-4, and faster for both models here: RESULTS.md).
+      Default: `3e-4`.
+    seed: seed of initialisation, data order and all sampling. Default: `0`.
+    strategy: the `tf.distribute` strategy: "mirrored" (all local GPUs, else all logical CPU
+      devices), "one_device" (the first GPU, else the CPU) or "default" (no distribution).
+      Default: `"mirrored"`.
+    steps_per_call: training steps run inside one `tf.function` call. Positive int.
+      Default: `10`.
+    log_every: steps between progress lines and training summaries (0 = never). Default:
+      `100`.
+    checkpoint_every: steps between checkpoints (0 = never; one is always made at the end).
+      Default: `1000`.
+    eval_every: steps between evaluations of the test bound (0 = never; one is always made
+      at the end). Default: `1000`.
+    eval_batches: batches of B episodes averaged by each evaluation. Positive int. Default:
+      `10`.
+    image_every: steps between image summaries (reconstructions, samples, denoising; 0 =
+      never). Default: `5000`.
+    max_checkpoints: checkpoints kept in `<workdir>/checkpoints`. Positive int. Default: `3`.
+    jit_compile: XLA-compile each replica's forward and backward pass. Default: `False`.
+    export: write the SavedModel to `<workdir>/export` at the end. Default: `True`.
     kl_y_warmup_steps: Kanerva Machine only, off (0) by default: the training loss weighs
       KL(q(y|x) || p(y)) by min(1, step / kl_y_warmup_steps), so that addresses can become
       image-dependent before they are charged in full (RESULTS.md); from that step on the
-      loss is eq. 12. Evaluations always use eq. 12.
+      loss is eq. 12. Evaluations always use eq. 12. Int >= 0. Default: `0`.
   """
+  # The allowed values of the fields that take one of a few strings (train.py's enum flags).
+  CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {
+      "model_type": tuple(runs.MODEL_TYPES), "strategy": STRATEGIES}
+
   model_type: str = "kanerva"
   dataset: str = "omniglot"
   data_dir: Optional[str] = None

@@ -1,5 +1,5 @@
 """Tests of kanerva_tf.cli: which errors become one line, its format, the traceback switches.
-The scripts themselves are run in test_training.py (train.py) and test_evaluation.py (eval.py)."""
+The scripts themselves are run in test_training.py (train.py) and test_evaluate_run.py (eval.py)."""
 
 import errno
 

@@ -1,8 +1,13 @@
-"""Tests of kanerva_tf.config.ModelConfig."""
+"""Tests of kanerva_tf.config: ModelConfig and the documentation of config fields."""
+
+import dataclasses
+from typing import ClassVar
 
 import pytest
 
 from kanerva_tf.config import ModelConfig
+from kanerva_tf.config import check_field_docs
+from kanerva_tf.config import field_docs
 
 
 def test_presets_match_the_paper():
@@ -57,3 +62,49 @@ def test_dict_round_trip():
 def test_bad_values_are_rejected(kwargs, message):
   with pytest.raises(ValueError, match=message):
     ModelConfig(**kwargs)
+
+
+def test_every_field_is_documented_with_its_default_and_choices():
+  """The Attributes section describes each field once (the help of train.py's flags)."""
+  assert check_field_docs(ModelConfig) == []
+  docs = field_docs(ModelConfig)
+  assert list(docs) == [f.name for f in dataclasses.fields(ModelConfig)]
+  assert docs["noise_variance"].startswith("sigma^2 of p(z_t | y_t, M)")
+  assert "\n" not in docs["read_posterior"] and "  " not in docs["read_posterior"]
+  for name, choices in ModelConfig.CHOICES.items():  # the choices __post_init__ enforces
+    with pytest.raises(ValueError, match=f"ModelConfig.{name} must be one of"):
+      ModelConfig(**{name: "bogus"})
+    for choice in choices:
+      ModelConfig(**{name: choice})
+
+
+def test_check_field_docs_names_what_is_missing():
+  @dataclasses.dataclass
+  class Toy:
+    """A toy.
+
+    Attributes:
+      size: the size, continued
+        on a second line. Default: `3`.
+      mode: "a" or "b". Default: `"a"`.
+      rate: a rate. Default: `0.5`.
+      gone: no longer a field. Default: `1`.
+
+    Returns:
+      nothing: this section is not read.
+    """
+    CHOICES: ClassVar[dict] = {"mode": ("a", "b", "c")}
+    size: int = 3
+    mode: str = "a"
+    rate: float = 0.25
+    missing: bool = False
+
+  assert field_docs(Toy)["size"] == "the size, continued on a second line. Default: `3`."
+  assert "nothing" not in field_docs(Toy)
+  problems = check_field_docs(Toy)
+  assert problems == [
+      "Toy.missing: not documented",
+      "Toy.gone: documented but not a field",
+      'Toy.mode: its doc does not name the choice "c"',
+      "Toy.rate: its doc must state its default once as Default: `0.25`; it states ['0.5']",
+  ], problems

@@ -1,122 +1,34 @@
-"""Tests of kanerva_tf.evaluation and eval.py.
+"""Tests of kanerva_tf.evaluation: bounds, importance-weighted NLL, address diagnostics, corruption.
 
-Run directories are built by hand in tmp_path: config.json and one checkpoint of a tiny untrained
-model at step 7, in the layout of `kanerva_tf.runs` ({model_variables, step}). Data:
-`tfds.testing.mock_data` with synthetic Omniglot-like pages (white page, black strokes; label =
-position of a bar), so episodes with 2 or 4 classes can be drawn offline.
-mock_data patches TFDS only inside this process, so `eval.py` runs end to end here by parsing
-flags into a fresh `FlagValues` and calling its `main` in-process; subprocesses check only
-what happens before any data is read (bad flags, missing run directory; these exit before
-TensorFlow is imported), plus one end-to-end smoke run of `python eval.py` on a slice of the real
-prepared Omniglot when `../shared/tfds` exists (skipped otherwise).
+Models are tiny and untrained; episodes are random binary images. Each numeric result is
+checked against an independent reference (the analytic bound for k = 1, a numpy Gaussian
+conditioning for the address diagnostics). The sweep (`bound_sweep`) runs on mocked TFDS data
+in test_evaluate_run.py, through `run_evaluation`.
 
 Shapes: B batch of episodes, T episode length, H W D image height/width/depth; k importance
 samples.
 """
 
-import contextlib
-import functools
-import importlib.util
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
-from absl import app
-from absl import flags
-from matplotlib import image as mpl_image
 
 import kanerva_tf as kt
-from kanerva_tf import data
 from kanerva_tf import evaluation
 from kanerva_tf import runs
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(code_size=6, memory_size=5, address_size=4, num_filters=4, y_size=3,
             mlp_hidden_size=8, episode_length=4)
 OMNIGLOT_TINY = kt.ModelConfig(image_shape=(28, 28, 1), **TINY)
-NUM_CLASSES, PER_CLASS = 6, 10
-
-
-def _real_tfds_dir():
-  env = os.environ.get("KANERVA_TFDS_DIR")
-  return Path(env) if env else ROOT.parent / "shared" / "tfds"
-
-
-# ----------------------------------------------------------------------------- helpers
-@functools.lru_cache(maxsize=1)
-def _pages():
-  """uint8 [60, 105, 105, 3] white pages with black ink, int64 labels [60] (label = i % 6)."""
-  rng = np.random.default_rng(0)
-  n = NUM_CLASSES * PER_CLASS
-  labels = np.arange(n, dtype=np.int64) % NUM_CLASSES
-  pages = np.full((n, 105, 105, 3), 255, np.uint8)
-  for i, label in enumerate(labels):
-    pages[i, 12 * label + 10:12 * label + 18, 20:85] = 0
-    r, c = rng.integers(0, 97, size=2)
-    pages[i, r:r + 8, c:c + 8] = 0
-  return pages, labels
-
-
-def _as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-  del self, split, decoders, read_config, kwargs
-  pages, labels = _pages()
-  return tf.data.Dataset.from_tensor_slices({"image": pages, "label": labels})
-
-
-@contextlib.contextmanager
-def mocked_omniglot():
-  data.clear_cache()
-  try:
-    with tfds.testing.mock_data(num_examples=len(_pages()[1]), as_dataset_fn=_as_dataset,
-                                policy=tfds.testing.MockPolicy.USE_CODE):
-      yield
-  finally:
-    data.clear_cache()
-
-
-def _make_run(workdir, model_type, config=OMNIGLOT_TINY, dataset="omniglot"):
-  """A run directory: config.json and one checkpoint (step 7) of an untrained model."""
-  runs.save_run_config(str(workdir), {
-      "model_type": model_type, "model": config.to_dict(),
-      "data": {"dataset": dataset, "data_dir": None, "image_size": None, "binarize": None,
-               "grayscale": None},
-      "train": {}})
-  model = runs.build_model(model_type, config)
-  model(tf.zeros((1, 2) + config.image_shape))
-  ckpt = tf.train.Checkpoint(model_variables=runs.checkpointed_variables(model),
-                             step=tf.Variable(7, dtype=tf.int64))
-  tf.train.CheckpointManager(ckpt, runs.checkpoint_dir(str(workdir)), max_to_keep=3).save()
-  return model
-
-
-def _binary_episodes(num_batches, batch, length, shape, seed):
-  x = tf.random.stateless_uniform((num_batches, batch, length) + shape, (seed, 0))
-  return tf.data.Dataset.from_tensor_slices(tf.cast(x < 0.3, tf.float32))
-
-
-def _check_png(path, min_bytes=2000):
-  assert path.is_file(), path
-  raw = path.read_bytes()
-  assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > min_bytes, (path, len(raw))
-  image = mpl_image.imread(str(path))
-  assert image.ndim == 3 and min(image.shape[:2]) > 50 and np.ptp(image) > 0, image.shape
 
 
 # ----------------------------------------------------------------------------- bounds
 @pytest.mark.parametrize("model_type", ["vae", "kanerva"])
-def test_importance_weighted_estimate(model_type):
+def test_importance_weighted_estimate(model_type, binary_episodes):
   """k = 1 matches the analytic bound in expectation; more samples give a lower NLL."""
   config = kt.ModelConfig(image_shape=(8, 8, 1), **TINY)
   model = runs.build_model(model_type, config)
-  ds = _binary_episodes(8, 16, 4, config.image_shape, seed=1)
+  ds = binary_episodes(8, 16, 4, config.image_shape, seed=1)
   one = evaluation.evaluate_bound(model, ds, seed=3, importance_samples=1)
   many = evaluation.evaluate_bound(model, ds, seed=3, importance_samples=16)
   assert one["num_episodes"] == many["num_episodes"] == 8 * 16
@@ -140,14 +52,14 @@ def test_importance_weighted_estimate(model_type):
   assert "bits_per_dim" not in one
 
 
-def test_importance_sampling_chunks_and_determinism():
+def test_importance_sampling_chunks_and_determinism(binary_episodes):
   # Chunks: the largest divisor of k that decodes at most 4096 images at a time.
   assert evaluation._chunk_size(16, 64) == 16
   assert evaluation._chunk_size(100, 512) == 5      # 4096 // 512 = 8 -> largest divisor 5
   assert evaluation._chunk_size(7, 10_000) == 1
   config = kt.ModelConfig(image_shape=(8, 8, 1), **TINY)
   model = runs.build_model("kanerva", config)
-  x = next(iter(_binary_episodes(1, 2, 4, config.image_shape, seed=2)))
+  x = next(iter(binary_episodes(1, 2, 4, config.image_shape, seed=2)))
   a = evaluation.importance_log_likelihood(model, x, 6, seed=1)
   b = evaluation.importance_log_likelihood(model, x, 6, seed=1)
   c = evaluation.importance_log_likelihood(model, x, 6, seed=2)
@@ -178,7 +90,7 @@ def test_evaluate_bound_rejects_infinite_and_bad_arguments():
     evaluation.evaluate_bound(model, [])
 
 
-# ----------------------------------------------------------------------------- figures
+# ----------------------------------------------------------------------------- corruption
 def test_corrupt_with_block():
   x = tf.ones((5, 28, 28, 1))
   noisy, corners, (bh, bw) = evaluation.corrupt_with_block(x, seed=(0, 1))
@@ -195,236 +107,6 @@ def test_corrupt_with_block():
   assert evaluation.corrupt_with_block(tf.ones((1, 32, 32, 3)), (0, 0))[2] == (14, 14)
   with pytest.raises(ValueError, match="fill"):
     evaluation.corrupt_with_block(x, (0, 0), fill="blur")
-
-
-def test_figures_are_deterministic(tmp_path):
-  model = runs.build_model("kanerva", kt.ModelConfig(image_shape=(8, 8, 1), **TINY))
-  episode = next(iter(_binary_episodes(1, 1, 6, (8, 8, 1), seed=4)))[0]
-  for name in ("a", "b"):
-    evaluation.plot_denoising(model, episode, str(tmp_path / f"{name}.png"), seed=3)
-  assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
-  evaluation.plot_denoising(model, episode, str(tmp_path / "c.png"), seed=4)
-  assert (tmp_path / "a.png").read_bytes() != (tmp_path / "c.png").read_bytes()
-  vae = runs.build_model("vae", kt.ModelConfig(image_shape=(8, 8, 1), **TINY))
-  with pytest.raises(ValueError, match="needs a KanervaMachine"):
-    evaluation.plot_interpolation(vae, episode, str(tmp_path / "d.png"))
-
-
-# ----------------------------------------------------------------------------- run_evaluation
-def _check_eval_json(out_dir, result, model_type):
-  with open(out_dir / "eval.json") as f:
-    saved = json.load(f)
-  assert saved == json.loads(json.dumps(result))
-  assert saved["step"] == 7 and saved["model_type"] == model_type
-  assert saved["dataset"] == "omniglot" and saved["split"] == "test"
-  bound = saved["bound"]
-  for key, value in bound.items():
-    assert np.isfinite(value), (key, value)
-  terms = ["reconstruction", "kl_z"] + (["kl_y"] if model_type == "kanerva" else [])
-  np.testing.assert_allclose(bound["loss"], sum(bound[k] for k in terms), rtol=1e-5)
-  return saved
-
-
-def test_run_evaluation_kanerva(tmp_path):
-  workdir, out_dir = tmp_path / "run", tmp_path / "out"
-  model = _make_run(workdir, "kanerva")
-  with mocked_omniglot():
-    result = evaluation.run_evaluation(
-        str(workdir), str(out_dir), num_batches=2, batch_size=3, seed=1, importance_samples=2,
-        episode_sizes=(4, 8), class_counts=(2, 12, "all"), command_line={"argv": ["x"]})
-    # The restored weights are the saved ones: the saved model, on the same episodes with
-    # the same seed, gives the same bound.
-    ds = data.episode_dataset("omniglot", "test", batch_size=3, episode_length=4, seed=1,
-                              repeat=False, num_episodes=6)
-    original = evaluation.evaluate_bound(model, ds, seed=1)
-  saved = _check_eval_json(out_dir, result, "kanerva")
-  np.testing.assert_allclose(saved["bound"]["loss"], original["loss"], rtol=1e-6)
-  assert -1 <= saved["addressing"]["w_cos_other"] <= 1
-  assert saved["bound"]["num_episodes"] == 6 and saved["episode_length"] == 4
-  assert saved["bound"]["importance_samples"] == 2 and "iw_loss" in saved["bound"]
-  assert "bits_per_dim" not in saved["bound"]
-  sweep = saved["sweep"]
-  assert sweep["episode_sizes"] == [4, 8] and sweep["class_counts"] == ["2", "12", "all"]
-  assert all(np.isfinite(sweep["loss"][c]).all() for c in ("2", "all"))
-  assert sweep["loss"]["12"] == [None, None] and "12" in sweep["skipped"]
-  assert sweep["num_episodes"]["all"] == [6, 3]  # the same 24 images at every T
-  assert set(saved["figures"]) == {"reconstructions", "generation", "denoising",
-                                   "interpolation", "bound_vs_episode_size"}
-  for file in saved["figures"].values():
-    _check_png(out_dir / file)
-  assert any("12 classes skipped" in n for n in saved["notes"])
-  assert saved["command_line"] == {"argv": ["x"]}
-  assert saved["checkpoint"].endswith("ckpt-1")
-
-
-def test_run_evaluation_vae_without_sweep(tmp_path):
-  workdir = tmp_path / "run"
-  _make_run(workdir, "vae")
-  with mocked_omniglot():
-    result = evaluation.run_evaluation(str(workdir), num_batches=1, batch_size=2,
-                                       episode_length=5, episode_sizes=())
-  out_dir = workdir / "eval"  # the default
-  saved = _check_eval_json(out_dir, result, "vae")
-  assert saved["sweep"] is None and saved["episode_length"] == 5
-  assert saved["addressing"] is None
-  assert set(saved["figures"]) == {"reconstructions", "generation"}
-  for file in saved["figures"].values():
-    _check_png(out_dir / file)
-  assert any("skipped for the VAE" in n for n in saved["notes"])
-
-
-def test_run_evaluation_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not a kanerva_tf training run directory"):
-    evaluation.run_evaluation(str(tmp_path / "missing"), num_batches=1)
-  with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
-    evaluation.run_evaluation(str(tmp_path), batch_size=0)
-  with pytest.raises(ValueError, match="class count"):
-    evaluation.run_evaluation(str(tmp_path), class_counts=("two",))
-  workdir = tmp_path / "run"
-  _make_run(workdir, "vae", config=kt.ModelConfig(image_shape=(8, 8, 1), **TINY))
-  with mocked_omniglot(), pytest.raises(ValueError, match=r"images of shape \(28, 28, 1\)"):
-    evaluation.run_evaluation(str(workdir), num_batches=1)
-
-
-# ----------------------------------------------------------------------------- eval.py
-@functools.lru_cache(maxsize=1)
-def _eval_script():
-  spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_eval_main_in_process(tmp_path, capsys):
-  workdir = tmp_path / "run"
-  _make_run(workdir, "kanerva")
-  script = _eval_script()
-  fv = flags.FlagValues()
-  script.define_flags(fv)
-  fv(["eval.py", f"--workdir={workdir}", "--num_batches=1", "--batch_size=2", "--nofigures",
-      "--episode_sizes=4", "--class_counts=2,all", "--importance_samples=2", "--seed=5"])
-  with mocked_omniglot():
-    script.main(["eval.py"], fv)
-  printed = capsys.readouterr().out
-  assert "kanerva at step 7" in printed and "importance-weighted NLL (k=2)" in printed
-  with open(workdir / "eval" / "eval.json") as f:
-    saved = json.load(f)
-  assert saved["figures"] == {} and saved["seed"] == 5
-  assert saved["command_line"]["flags"]["class_counts"] == ["2", "all"]
-  assert saved["sweep"]["class_counts"] == ["2", "all"]
-
-
-def test_eval_main_without_checkpoint_is_a_usage_error(tmp_path):
-  runs.save_run_config(str(tmp_path), {"model_type": "vae", "model": OMNIGLOT_TINY.to_dict(),
-                                       "data": {"dataset": "omniglot"}})
-  script = _eval_script()
-  fv = flags.FlagValues()
-  script.define_flags(fv)
-  fv(["eval.py", f"--workdir={tmp_path}"])
-  with pytest.raises(app.UsageError, match="No checkpoint in"):
-    script.main(["eval.py"], fv)
-
-
-def _run_script(*args, timeout=120):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True,
-                        text=True, timeout=timeout, cwd=str(ROOT), env=env)
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--batch_size=0"], "flag --batch_size=0: 0 is not a positive integer"),
-    (["--importance_samples=-1"], "flag --importance_samples=-1: -1 is not a non-negative"),
-    (["--episode_sizes=16,x"], "--episode_sizes must be a comma-separated list"),
-    (["--class_counts=2,0"], "--class_counts must be a comma-separated list"),
-    (["--episode_length=0"], "flag --episode_length=0: 0 is not a positive integer"),
-    (["--num_batches=x"], "flag --num_batches=x: invalid literal"),
-    ([], "--workdir is required"),
-])
-def test_eval_script_rejects_bad_flags(tmp_path, args, message):
-  if args:
-    args = [f"--workdir={tmp_path}"] + args
-  proc = _run_script(*args)
-  assert proc.returncode != 0
-  assert message in proc.stderr, proc.stderr
-
-
-def test_eval_script_missing_workdir(tmp_path):
-  proc = _run_script(f"--workdir={tmp_path / 'nope'}")
-  assert proc.returncode != 0
-  assert "is not a training run directory: it has no config.json" in proc.stderr, proc.stderr
-
-
-@pytest.mark.skipif(not _real_tfds_dir().is_dir(), reason="../shared/tfds (prepared TFDS data) "
-                    "is absent; set KANERVA_TFDS_DIR to run this test")
-def test_eval_script_reports_a_damaged_checkpoint_in_one_line(tmp_path):
-  """The run's only checkpoint is truncated: one line naming its files, exit status 1;
-  --verbosity=1 adds the traceback. A usage error is one line too, not the usage text."""
-  workdir = tmp_path / "run"
-  _make_run(workdir, "vae")
-  prefix = tf.train.latest_checkpoint(runs.checkpoint_dir(str(workdir)))
-  with open(prefix + ".data-00000-of-00001", "r+b") as f:
-    f.truncate(10)
-  args = [f"--workdir={workdir}", f"--data_dir={_real_tfds_dir()}", "--nofigures"]
-  for extra, traceback in [([], False), (["--verbosity=1"], True)]:
-    proc = _run_script(*args, *extra)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"eval.py: error: No checkpoint in {workdir / 'checkpoints'} "
-                           "restores, all 1 are damaged"), last
-    assert "ckpt-1.data-00000-of-00001, ckpt-1.index" in last
-    assert ("Traceback (most recent call last)" in proc.stderr) == traceback
-  assert not (workdir / "eval").exists()
-  proc = _run_script(f"--workdir={tmp_path / 'nope'}")
-  assert proc.returncode == 1
-  assert proc.stderr.strip().splitlines()[-1] == (
-      f"eval.py: error: --workdir={tmp_path / 'nope'} is not a training run directory: it has "
-      "no config.json (train.py writes it when a run starts).")
-
-
-@pytest.mark.parametrize("download", [True, False])
-def test_eval_script_without_the_data_fails_fast_with_a_clear_error(download, tmp_path):
-  """The run's data directory is empty and there is no internet (requests go to a closed local
-  port): --download fails in seconds, --nodownload at once, with one usage error naming the
-  dataset and the directory; --data_dir overrides the run's directory."""
-  workdir, saved_dir, data_dir = tmp_path / "run", tmp_path / "saved", tmp_path / "tfds"
-  for d in (workdir, saved_dir, data_dir):
-    d.mkdir()
-  (workdir / "config.json").write_text(json.dumps(
-      {"model_type": "kanerva", "data": {"dataset": "omniglot", "data_dir": str(saved_dir)}}))
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    proxy = f"http://127.0.0.1:{sock.getsockname()[1]}"
-  env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
-  env.update({k: proxy for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")},
-             TF_CPP_MIN_LOG_LEVEL="2")
-  start = time.monotonic()
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}", f"--data_dir={data_dir}",
-       "--download" if download else "--nodownload"],
-      capture_output=True, text=True, timeout=120, cwd=str(ROOT), env=env)
-  assert time.monotonic() - start < 60  # TensorFlow's import included
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert f"dataset 'omniglot' is not prepared in data_dir {data_dir}." in proc.stderr
-  assert ("Downloading it failed: " if download else "Downloading is off") in proc.stderr
-  assert "tfds build omniglot" in proc.stderr
-  assert not list(data_dir.iterdir()) and not (workdir / "eval").exists()
-
-
-@pytest.mark.skipif(not _real_tfds_dir().is_dir(), reason="../shared/tfds (prepared TFDS data) "
-                    "is absent; set KANERVA_TFDS_DIR to run this test")
-def test_eval_script_on_real_omniglot(tmp_path):
-  workdir = tmp_path / "run"
-  _make_run(workdir, "kanerva")
-  proc = _run_script(f"--workdir={workdir}", f"--data_dir={_real_tfds_dir()}",
-                     "--split=test[:64]", "--num_batches=1", "--batch_size=2", "--nofigures",
-                     "--episode_sizes=")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "kanerva at step 7 on omniglot/test[:64]" in proc.stdout
-  with open(workdir / "eval" / "eval.json") as f:
-    saved = json.load(f)
-  assert saved["bound"]["num_episodes"] == 2 and np.isfinite(saved["bound"]["loss"])
-
 
 
 # ----------------------------------------------------------------------------- address_diagnostics
@@ -501,19 +183,3 @@ def test_address_diagnostics_refuses_the_vae():
   with pytest.raises(ValueError, match="Kanerva"):
     vae = kt.VAE(OMNIGLOT_TINY)
     evaluation.address_diagnostics(vae, tf.zeros((1, 4, 28, 28, 1)))
-
-
-def test_run_evaluation_model_overrides(tmp_path):
-  """The read switch can be overridden at evaluation (eq. 12's independent read vs reuse)."""
-  workdir = tmp_path / "run"
-  _make_run(workdir, "kanerva")
-  kwargs = dict(num_batches=1, batch_size=2, seed=1, episode_sizes=(), figures=False)
-  with mocked_omniglot():
-    plain = evaluation.run_evaluation(str(workdir), str(tmp_path / "a"), **kwargs)
-    reuse = evaluation.run_evaluation(str(workdir), str(tmp_path / "b"), **kwargs,
-                                      model_overrides={"reuse_write_address": True})
-  assert plain["model_overrides"] == {} and reuse["model_overrides"] == {
-      "reuse_write_address": True}
-  assert abs(plain["bound"]["kl_z"] - reuse["bound"]["kl_z"]) > 1e-4
-  with open(tmp_path / "b" / "eval.json") as f:
-    assert json.load(f)["model_overrides"] == {"reuse_write_address": True}

@@ -1,6 +1,8 @@
 """Tests of kanerva_tf.training and train.py: end to end on mock data, resume, NaN, MirroredStrategy."""
 
+import dataclasses
 import errno
+import importlib.util
 import json
 import logging
 import os
@@ -16,8 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import flags
 
 import kanerva_tf as kt
+from kanerva_tf import config as config_lib
 from kanerva_tf import data as data_lib
 from kanerva_tf import model as model_lib
 from kanerva_tf import runs
@@ -427,6 +431,50 @@ def test_flagfiles_parse_to_the_paper_presets(flagfile, preset):
       print("OK")
       """)
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_every_train_config_field_is_documented_with_its_default_and_choices():
+  assert config_lib.check_field_docs(training.TrainConfig) == []
+  for name in training.TrainConfig.CHOICES:  # the choices __post_init__ enforces
+    with pytest.raises(ValueError, match=f"{name} must be one of"):
+      training.TrainConfig(**{name: "bogus"})
+
+
+# The flags whose default is None so that the dataset's preset decides (configs_from_flags).
+PRESET_FLAGS = {"code_size", "memory_size", "address_size", "y_size", "num_filters",
+                "y_noise_std", "noise_variance", "likelihood", "read_posterior", "y_scale",
+                "write_address"}
+
+
+def test_train_flags_take_default_choices_and_help_from_the_configs():
+  """Each flag of a ModelConfig / TrainConfig field has the field's default (None for the
+  preset's sizes), its choices and its documentation as help; no other flag shadows a field."""
+  spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  fv = flags.FlagValues()
+  script.define_flags(fv)
+  fields = {cls: {f.name for f in dataclasses.fields(cls)}
+            for cls in (kt.ModelConfig, training.TrainConfig)}
+  mapped = set(script.CONFIG_FLAGS.values())
+  for cls, names in fields.items():
+    for name in names & set(fv):  # a flag named like a field sets that field
+      assert (cls, name) in mapped, (cls, name)
+  assert script.CONFIG_FLAGS["model"] == (training.TrainConfig, "model_type")
+  # Every field has a flag but these (set by the data or the presets, or by library users).
+  unflagged = {(cls, name) for cls, names in fields.items() for name in names} - mapped
+  assert unflagged == {(kt.ModelConfig, "image_shape"), (kt.ModelConfig, "mlp_hidden_size"),
+                       (training.TrainConfig, "max_checkpoints")}, unflagged
+  for flag, (cls, field) in script.CONFIG_FLAGS.items():
+    default = config_lib.field_default(cls, field)
+    expected = None if flag in PRESET_FLAGS else default
+    assert fv[flag].default == expected, (flag, fv[flag].default, expected)
+    assert config_lib.field_docs(cls)[field] in fv[flag].help, flag  # after <a|b>: for enums
+    choices = cls.CHOICES.get(field)
+    assert getattr(fv[flag].parser, "enum_values", None) == (
+        list(choices) if choices else None), flag
+  for flag in PRESET_FLAGS:  # the help names the presets' values
+    assert f"omniglot {getattr(kt.ModelConfig.omniglot(), flag)!r}" in fv[flag].help, flag
 
 
 def test_addressing_and_memory_noise_flags_reach_the_model_config():
