@@ -18,9 +18,9 @@ mean image of the last read), samples. It prints the episode's negative bound (`
 per image) and the fraction of wrong pixels (mean > 0.5 vs the original) inside the noise
 blocks and in the whole images, before and after the reads. With the shipped model (10,000
 steps, not converged: pretrained/README.md) and the bundled episode, the reads fill the
-blocks with strokes from the memory (51% of their pixels wrong before, 35% after) but blur
+blocks with strokes from the memory (51% of their pixels wrong before, 36% after) but blur
 the rest of the images, which end worse than the noisy queries (9% of their pixels wrong
-before the reads, 14% after): a partial denoiser, not yet the paper's.
+before the reads, 15% after): a partial denoiser, not yet the paper's.
 
 The episode: with `--source=auto` (default) T random images of the TFDS Omniglot test split
 when it is prepared (in $TFDS_DATA_DIR or TFDS's default directory; nothing is downloaded),
