@@ -4,7 +4,9 @@ r"""Trains a Kanerva Machine, its matched VAE, or the DNC baseline (--model=dnc)
   python train.py --flagfile=cifar.flags --workdir=/tmp/km_cifar --train_steps=2000
 
 Flags -> (ModelConfig, TrainConfig) -> kanerva_tf.training.train_and_evaluate. Re-running the
-same command resumes from the last checkpoint in --workdir.
+same command resumes from the last checkpoint in --workdir. On several machines: the same
+command on each, with --strategy=multi_worker and TF_CONFIG naming the cluster and the
+machine's task (README, "Training on several machines").
 """
 
 import os
@@ -24,6 +26,8 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Every flag has a default and a help string; sizes default to the dataset's preset."""
   from kanerva_tf import config  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
+  defaults = training.TrainConfig()
   # Data.
   flags.DEFINE_string("dataset", "omniglot", "TFDS image dataset: omniglot, cifar10, or any "
                       "TFDS dataset with an 'image' feature.")
@@ -87,8 +91,18 @@ def define_flags():
                      "robust range and trains both models faster here, RESULTS.md).",
                      lower_bound=0.)
   flags.DEFINE_integer("seed", 0, "Seed of initialisation, data and sampling.")
-  flags.DEFINE_enum("strategy", "mirrored", ["mirrored", "one_device", "default"],
-                    "tf.distribute strategy: mirrored = all local GPUs (else CPU devices).")
+  flags.DEFINE_enum("strategy", defaults.strategy, training.STRATEGIES,
+                    "tf.distribute strategy: mirrored = all local GPUs (else CPU devices); "
+                    "multi_worker = MultiWorkerMirroredStrategy over the machines of the "
+                    "TF_CONFIG environment variable (--batch_size is the global batch).")
+  flags.DEFINE_float("collective_timeout_seconds", defaults.collective_timeout_seconds,
+                     "multi_worker: fail every all-reduce not done after this many seconds "
+                     "(CommunicationOptions.timeout_seconds; 0 = none). Dead workers are "
+                     "detected without it; costs a thread per collective for that long.",
+                     lower_bound=0.)
+  flags.DEFINE_enum("collective_implementation", defaults.collective_implementation,
+                    training.COLLECTIVE_IMPLEMENTATIONS,
+                    "multi_worker: all-reduce over gRPC (ring, CPUs), NCCL (GPUs), or auto.")
   flags.DEFINE_integer("steps_per_call", 10, "Training steps per tf.function call.",
                        lower_bound=1)
   flags.DEFINE_bool("jit_compile", False, "XLA-compile the forward/backward pass.")
@@ -120,7 +134,9 @@ def configs_from_flags():
       checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
       eval_batches=FLAGS.eval_batches, image_every=FLAGS.image_every,
       jit_compile=FLAGS.jit_compile, export=FLAGS.export,
-      kl_y_warmup_steps=FLAGS.kl_y_warmup_steps)
+      kl_y_warmup_steps=FLAGS.kl_y_warmup_steps,
+      collective_timeout_seconds=FLAGS.collective_timeout_seconds,
+      collective_implementation=FLAGS.collective_implementation)
   overrides = {k: getattr(FLAGS, k) for k in (
       "code_size", "memory_size", "address_size", "num_filters", "likelihood", "chunk_size",
       "y_size", "y_noise_std", "noise_variance", "y_scale", "write_address",
@@ -146,11 +162,17 @@ def configs_from_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   try:
+    if FLAGS.strategy == "multi_worker":
+      # First: TensorFlow configures multi-worker collectives only before it runs anything
+      # (configs_from_flags may load data); fails at once without a usable TF_CONFIG.
+      training.make_strategy(FLAGS.strategy,
+                             collective_timeout_seconds=FLAGS.collective_timeout_seconds,
+                             collective_implementation=FLAGS.collective_implementation)
     model_config, train_config = configs_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   logging.info("Model: %s", model_config)
   try:
     result = training.train_and_evaluate(model_config, train_config, FLAGS.workdir)
