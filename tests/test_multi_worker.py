@@ -292,10 +292,10 @@ def _wait_for_step(workdir, step, processes, timeout=900):
 def test_two_workers_train_like_one_process_with_two_devices(tmp_path):
   """Same flags and seed: 2 workers with one CPU each vs 1 process with 2 logical CPUs. The
   losses of every logged step and the variables of every checkpoint agree; only the chief's
-  workdir is written, the other worker's temporary directory is gone."""
+  workdir is written (the export too), the other worker's temporary directory is gone."""
   chief_dir, other_dir, one_dir = tmp_path / "chief", tmp_path / "other", tmp_path / "one"
   flags = ["--train_steps=4"]
-  workers = _workers(tmp_path, "w", [chief_dir, other_dir], flags)
+  workers = _workers(tmp_path, "w", [chief_dir, other_dir], flags + ["--export=true"])
   one = _Process(["--logical_cpus=2", *TINY_FLAGS, "--strategy=mirrored",
                   f"--workdir={one_dir}", *flags], str(tmp_path / "one.log"), _env())
   assert _wait_all(workers + [one]) == [0, 0, 0], [p.text()[-3000:] for p in workers + [one]]
@@ -317,6 +317,12 @@ def test_two_workers_train_like_one_process_with_two_devices(tmp_path):
   # Only the chief writes: nothing in the other worker's workdir, its temporary directory
   # (outside both workdirs) deleted; one writer of each file in the chief's.
   assert not other_dir.exists()
+  assert tf.saved_model.contains_saved_model(runs.export_dir(str(chief_dir)))
+  loaded = tf.saved_model.load(runs.export_dir(str(chief_dir)))
+  b = _variables(one_dir, 4)
+  exported = sorted(float(np.sum(v.numpy())) for v in loaded.model_variables)
+  saved = sorted(float(np.sum(v)) for n, v in b.items() if "model_variables" in n)
+  np.testing.assert_allclose(exported, saved, rtol=1e-5, atol=1e-6)  # the final weights
   temp = _temp_dir_of(workers[1])
   assert not os.path.exists(temp) and str(tmp_path) not in temp
   assert len(os.listdir(chief_dir / "train")) == 1
