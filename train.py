@@ -4,7 +4,9 @@ r"""Trains a Kanerva Machine, its matched VAE, or the DNC baseline (--model=dnc)
   python train.py --flagfile=cifar.flags --workdir=/tmp/km_cifar --train_steps=2000
 
 Flags -> (ModelConfig, TrainConfig) -> kanerva_tf.training.train_and_evaluate. Re-running the
-same command resumes from the last checkpoint in --workdir.
+same command resumes from the last checkpoint in --workdir. On several machines: the same
+command on each, with --strategy=multi_worker and TF_CONFIG naming the cluster and the
+machine's task (README, "Training on several machines").
 """
 
 import functools
@@ -112,8 +114,9 @@ def define_flags(fv=FLAGS):
   train_flag("train_steps", lower_bound=1)
   train_flag("batch_size", lower_bound=1)
   train_flag("learning_rate", lower_bound=0.)
-  for field in ("seed", "strategy"):
+  for field in ("seed", "strategy", "collective_implementation"):
     train_flag(field)
+  train_flag("collective_timeout_seconds", lower_bound=0.)
   train_flag("steps_per_call", lower_bound=1)
   train_flag("jit_compile")
   for field in ("log_every", "checkpoint_every", "eval_every"):
@@ -156,11 +159,17 @@ def configs_from_flags(fv=FLAGS):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   try:
+    if FLAGS.strategy == "multi_worker":
+      # First: TensorFlow configures multi-worker collectives only before it runs anything
+      # (configs_from_flags may load data); fails at once without a usable TF_CONFIG.
+      training.make_strategy(FLAGS.strategy,
+                             collective_timeout_seconds=FLAGS.collective_timeout_seconds,
+                             collective_implementation=FLAGS.collective_implementation)
     model_config, train_config = configs_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   logging.info("Model: %s", model_config)
   try:
     result = training.train_and_evaluate(model_config, train_config, FLAGS.workdir)

@@ -2,7 +2,7 @@
 
 An error that a setting or the environment causes -- a bad flag value, a workdir of another
 run or one that cannot be written, a missing dataset or checkpoint, a damaged checkpoint, a
-full disk, a NaN loss -- reaches the user as
+full disk, a NaN loss, a lost worker of multi-worker training -- reaches the user as
 
   train.py: error: <message>
 
@@ -21,6 +21,7 @@ from absl import app
 from absl import logging
 
 from kanerva_tf import runs
+from kanerva_tf import training
 
 __all__ = ["TRACEBACK_ENV", "USER_ERRORS", "wants_traceback", "one_line", "exit_with_error"]
 
@@ -29,11 +30,11 @@ TRACEBACK_ENV = "KANERVA_TRACEBACK"
 # Errors whose message is meant for the user (see the module docstring). ValueError and
 # TypeError are what the library raises for bad settings; OSError covers FileNotFoundError
 # (e.g. data.DatasetNotFoundError), PermissionError and a full disk; the TensorFlow errors
-# are those of its file system operations.
+# are those of its file system operations; WorkerLostError says which worker to restart.
 USER_ERRORS = (app.UsageError, ValueError, TypeError, OSError, FloatingPointError,
-               runs.CheckpointError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
-               tf.errors.ResourceExhaustedError, tf.errors.DataLossError,
-               tf.errors.FailedPreconditionError)
+               runs.CheckpointError, training.WorkerLostError, tf.errors.NotFoundError,
+               tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError,
+               tf.errors.DataLossError, tf.errors.FailedPreconditionError)
 
 
 def wants_traceback():

@@ -266,7 +266,8 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
                     data_dir=None, image_size=None, binarize=None, grayscale=None,
                     num_classes: Optional[int] = None, repeat: bool = True,
                     num_episodes: Optional[int] = None,
-                    with_labels: bool = False, download: bool = False) -> tf.data.Dataset:
+                    with_labels: bool = False, download: bool = False,
+                    part: Optional[Tuple[int, int]] = None) -> tf.data.Dataset:
   """A `tf.data.Dataset` of batches of episodes drawn from one TFDS split.
 
   Each element is float32 images [B, T, H, W, D] in [0, 1] ({0, 1} when binarized), or the pair
@@ -286,6 +287,13 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
   same sequence of batches (whatever the parallelism) and a different seed a different one. No
   global RNG state is read or changed.
 
+  Parts (multi-worker training): with `part=(p, P)` each element is part p of P of the batch
+  of B episodes that the same call without `part` yields: its rows [p B/P, (p + 1) B/P), shape
+  [B/P, T, H, W, D] (B must be divisible by P). The P parts of a batch are disjoint slices of
+  the one batch, so P input pipelines that take parts 0 .. P-1 with the same seed never draw
+  the same episode of a batch twice, and together they draw exactly the batches of one
+  pipeline; each part is a pure function of (seed, i, p).
+
   Length:
     * repeat=True (training): infinite; `num_episodes` must be None.
     * repeat=False (evaluation): ceil(num_episodes / B) batches, all of full size B (so at least
@@ -302,6 +310,8 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
     repeat: infinite (True) or finite (False) dataset.
     num_episodes: repeat=False only: number of episodes (> 0) to cover.
     with_labels: also yield the labels [B, T] (needs a dataset with a 'label' feature).
+    part: None, or (p, P) with 0 <= p < P and B divisible by P: yield part p of every batch
+      (see Parts above).
 
   Returns:
     tf.data.Dataset, prefetching with tf.data.AUTOTUNE.
@@ -326,6 +336,17 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
       raise ValueError(f"num_episodes={num_episodes!r} only applies to a finite dataset; pass "
                        "repeat=False with it (repeat=True is infinite).")
     num_episodes = _check_positive_int("num_episodes", num_episodes)
+  rows = slice(None)
+  if part is not None:
+    if (not isinstance(part, (tuple, list)) or len(part) != 2 or
+        not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in part) or
+        not 0 <= part[0] < part[1]):
+      raise ValueError(f"part must be None or a pair (p, P) of ints with 0 <= p < P; got {part!r}.")
+    if batch_size % part[1]:
+      raise ValueError(f"batch_size={batch_size} must be divisible by the number of parts "
+                       f"{part[1]} (part={tuple(part)!r}).")
+    size = batch_size // part[1]
+    rows = slice(int(part[0]) * size, (int(part[0]) + 1) * size)
 
   images, labels, info = load_split(name, split, data_dir=data_dir, image_size=image_size,
                                     binarize=binarize, grayscale=grayscale, download=download)
@@ -360,7 +381,7 @@ def episode_dataset(name: str, split: str, *, batch_size: int, episode_length: i
   scale = 1.0 if info.binarize else 1.0 / 255.0
 
   def make_batch(index):
-    idx = sampler(tf.stack([base_seed, index]))                       # [B, T]
+    idx = sampler(tf.stack([base_seed, index]))[rows]                 # [B, T] (B/P with part)
     x = tf.cast(tf.gather(images_t, idx), tf.float32) * scale         # [B, T, H, W, D]
     if with_labels:
       return x, tf.gather(labels_t, idx)                              # [B, T]

@@ -7,13 +7,42 @@ Distribution: every global batch of B episodes is split across the replicas of a
 `tf.distribute` strategy; each replica returns its per-episode losses, scaled with
 `tf.nn.compute_average_loss(..., global_batch_size=B)` so that the gradients summed over
 replicas are those of the global mean (the Keras optimizer all-reduces them).
+
+Several machines (`strategy="multi_worker"`): `tf.distribute.MultiWorkerMirroredStrategy`
+with the cluster of the `TF_CONFIG` environment variable (`multi_worker_task`), the same
+loss and update as one process with as many replicas:
+
+* Data: every worker runs the one-process input pipeline of global batches (same seed) and
+  keeps only its own rows, `data.episode_dataset(part=(worker, workers))`; then each of its
+  replicas takes its slice, so replica r of the cluster sees the episodes replica r of one
+  process with R devices sees (`worker_dataset_fn`). The parts of a batch are disjoint
+  slices of it: no two workers train on the same episodes of a step by accident.
+* Files: the chief (task "chief", else worker 0) writes the workdir: config.json,
+  checkpoints, metrics.jsonl, TensorBoard summaries and the export. Every other worker runs
+  the very same loop -- evaluations, checkpoint saves and export included, so that all
+  workers stay in step and take part in every save -- but writes into a temporary directory
+  of its own that it deletes when it exits (TensorFlow's multi-worker guide). It never
+  reads or writes the workdir: on a restart the chief restores the checkpoint and sends its
+  values to every worker (`_broadcast_from_chief`), so every worker resumes from the same
+  checkpoint and the workdir only needs to be on the chief's machine.
+* Faults: a worker that dies stops the others with `WorkerLostError` instead of a hang.
+  TensorFlow detects it through the gRPC connection (at once on a kill -9 whose machine
+  stays up) or through the coordination service's heartbeats, which
+  MultiWorkerMirroredStrategy enables (`CoordinationServiceConfig.heartbeat_timeout_in_ms`,
+  TensorFlow's default 10 s, not changed here); `TrainConfig.collective_timeout_seconds`
+  (`CommunicationOptions(timeout_seconds=...)`) also bounds every collective, e.g. against a
+  worker that is alive but stuck. Re-running every worker's command resumes from the last
+  checkpoint. SIGTERM to any worker stops all of them at the same step with a checkpoint
+  (`Interrupted`): the flag is combined across workers after every `tf.function` call.
 """
 
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 from typing import ClassVar, Dict, Optional, Tuple
 
@@ -28,10 +57,17 @@ from kanerva_tf import runs
 from kanerva_tf.config import VAE_FIELDS, ModelConfig
 from kanerva_tf.keras_fit import replica_seed  # the seeds of Keras fit's steps too
 
-__all__ = ["TrainConfig", "STRATEGIES", "Interrupted", "make_strategy", "make_train_function",
-           "replica_seed", "train_and_evaluate"]
+__all__ = ["TrainConfig", "STRATEGIES", "COLLECTIVE_IMPLEMENTATIONS", "Interrupted",
+           "WorkerLostError", "WorkerTask", "multi_worker_task", "make_strategy",
+           "worker_dataset_fn", "make_train_function", "replica_seed", "train_and_evaluate"]
 
-STRATEGIES = ("mirrored", "one_device", "default")
+STRATEGIES = ("mirrored", "one_device", "default", "multi_worker")
+# tf.distribute.experimental.CommunicationImplementation of the multi-worker all-reduce.
+COLLECTIVE_IMPLEMENTATIONS = ("auto", "ring", "nccl")
+
+# What TF_CONFIG looks like on the first of two machines (the second: "index": 1).
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +107,22 @@ class TrainConfig:
       Default: `3e-4`.
     seed: seed of initialisation, data order and all sampling. Default: `0`.
     strategy: the `tf.distribute` strategy: "mirrored" (all local GPUs, else all logical CPU
-      devices), "one_device" (the first GPU, else the CPU) or "default" (no distribution).
+      devices), "one_device" (the first GPU, else the CPU), "default" (no distribution) or
+      "multi_worker" (`tf.distribute.MultiWorkerMirroredStrategy` over the machines of
+      `TF_CONFIG`, each with all its GPUs, else its CPU; see the module docstring).
       Default: `"mirrored"`.
+    collective_timeout_seconds: "multi_worker" only: every collective operation (all-reduce,
+      broadcast) fails with DeadlineExceededError, stopping the run with `WorkerLostError`,
+      when it has not completed after this many seconds
+      (`tf.distribute.experimental.CommunicationOptions(timeout_seconds=...)`); 0 = no
+      timeout. Dead workers are detected without it (module docstring); it guards against a
+      worker that is alive but stuck. TensorFlow runs a thread per collective for the length
+      of the timeout, so it costs about timeout x collectives per second threads (3 to 4
+      collectives per step here): keep it to a few times the longest step or pause of a
+      worker (the first step's tracing, an evaluation, a checkpoint save). Float >= 0.
+      Default: `0.0`.
+    collective_implementation: "multi_worker" only: "auto", "ring" (gRPC, CPUs) or "nccl"
+      (GPUs), `tf.distribute.experimental.CommunicationImplementation`. Default: `"auto"`.
     steps_per_call: training steps run inside one `tf.function` call. Positive int.
       Default: `10`.
     log_every: steps between progress lines and training summaries (0 = never). Default:
@@ -95,7 +145,8 @@ class TrainConfig:
   """
   # The allowed values of the fields that take one of a few strings (train.py's enum flags).
   CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {
-      "model_type": tuple(runs.MODEL_TYPES), "strategy": STRATEGIES}
+      "model_type": tuple(runs.MODEL_TYPES), "strategy": STRATEGIES,
+      "collective_implementation": COLLECTIVE_IMPLEMENTATIONS}
 
   model_type: str = "kanerva"
   dataset: str = "omniglot"
@@ -121,6 +172,8 @@ class TrainConfig:
   jit_compile: bool = False
   export: bool = True
   kl_y_warmup_steps: int = 0
+  collective_timeout_seconds: float = 0.0
+  collective_implementation: str = "auto"
 
   def __post_init__(self):
     if self.model_type not in runs.MODEL_TYPES:
@@ -145,6 +198,16 @@ class TrainConfig:
       raise ValueError(f"download must be True or False; got {self.download!r}.")
     if not (isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1):
       raise ValueError(f"learning_rate must be a float in (0, 1); got {self.learning_rate!r}.")
+    timeout = self.collective_timeout_seconds
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+      raise ValueError(f"collective_timeout_seconds must be a number >= 0 (0 = none); got "
+                       f"{timeout!r}.")
+    if self.collective_implementation not in COLLECTIVE_IMPLEMENTATIONS:
+      raise ValueError(f"collective_implementation must be one of {COLLECTIVE_IMPLEMENTATIONS}; "
+                       f"got {self.collective_implementation!r}.")
+    if self.strategy != "multi_worker" and (timeout or self.collective_implementation != "auto"):
+      raise ValueError("collective_timeout_seconds and collective_implementation apply to "
+                       f"strategy='multi_worker' only; got strategy={self.strategy!r}.")
 
   def data_kwargs(self):
     """Keyword arguments of `kanerva_tf.data.episode_dataset` that describe the data."""
@@ -152,8 +215,125 @@ class TrainConfig:
                 grayscale=self.grayscale)
 
 
-def make_strategy(name):
-  """The `tf.distribute.Strategy` named by `TrainConfig.strategy`."""
+@dataclasses.dataclass(frozen=True)
+class WorkerTask:
+  """This process's place in the cluster of `TF_CONFIG`.
+
+  Attributes:
+    type, index: its task, e.g. ("worker", 1).
+    worker: its index among all workers, chief first (`tf.distribute.InputContext`'s
+      input_pipeline_id).
+    num_workers: the cluster's "chief" and "worker" tasks.
+    is_chief: the task "chief", else "worker" 0: the one that writes the workdir.
+  """
+  type: str
+  index: int
+  worker: int
+  num_workers: int
+  is_chief: bool
+
+
+def _tf_config_error(problem):
+  return ValueError(
+      f"strategy 'multi_worker' reads its cluster from the TF_CONFIG environment variable: "
+      f"{problem}. Set TF_CONFIG on every worker to the same cluster and that worker's task, "
+      f"e.g. for two machines TF_CONFIG='{TF_CONFIG_EXAMPLE}' on the first and the same with "
+      '"index": 1 on the second (README, "Training on several machines").')
+
+
+def multi_worker_task(tf_config=None):
+  """Parses and checks `TF_CONFIG` (default: the environment variable's value).
+
+  Returns:
+    `WorkerTask`.
+
+  Raises:
+    ValueError: TF_CONFIG is not set, not JSON, or has no usable "cluster" and "task"; the
+      message shows its expected form (`TF_CONFIG_EXAMPLE`).
+  """
+  raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+  if not raw.strip():
+    raise _tf_config_error("it is not set")
+  try:
+    config = json.loads(raw)
+  except json.JSONDecodeError as e:
+    raise _tf_config_error(f"it is not JSON ({e}): {raw!r}") from None
+  cluster = config.get("cluster") if isinstance(config, dict) else None
+  task = config.get("task") if isinstance(config, dict) else None
+  if not isinstance(cluster, dict) or not cluster:
+    raise _tf_config_error(f'it has no "cluster" of workers: {raw!r}')
+  if not isinstance(task, dict) or "type" not in task or "index" not in task:
+    raise _tf_config_error(f'it has no "task" with a "type" and an "index": {raw!r}')
+  other = sorted(set(cluster) - {"chief", "worker"})
+  if other:
+    raise _tf_config_error(f"its cluster has {other} tasks; only \"chief\" and \"worker\" "
+                           f"tasks train together: {raw!r}")
+  for job, addresses in cluster.items():
+    if (not isinstance(addresses, list) or not addresses or
+        not all(isinstance(a, str) and ":" in a for a in addresses)):
+      raise _tf_config_error(f'cluster "{job}" must be a list of "host:port" strings: {raw!r}')
+  if len(cluster.get("chief", [])) > 1:
+    raise _tf_config_error(f'the cluster has more than one "chief": {raw!r}')
+  task_type, index = task["type"], task["index"]
+  if (task_type not in cluster or isinstance(index, bool) or not isinstance(index, int) or
+      not 0 <= index < len(cluster[task_type])):
+    raise _tf_config_error(f"its task {task!r} is not one of the cluster's: {raw!r}")
+  chiefs = len(cluster.get("chief", []))
+  return WorkerTask(type=task_type, index=index,
+                    worker=0 if task_type == "chief" else chiefs + index,
+                    num_workers=chiefs + len(cluster.get("worker", [])),
+                    is_chief=task_type == "chief" or (index == 0 and not chiefs))
+
+
+_MULTI_WORKER_STRATEGY = {}  # collective ops can be configured once per process
+
+
+def make_strategy(name, *, collective_timeout_seconds=0.0, collective_implementation="auto"):
+  """The `tf.distribute.Strategy` named by `TrainConfig.strategy`.
+
+  "multi_worker" builds `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG` (the
+  default `TFConfigClusterResolver`) with `CommunicationOptions(timeout_seconds=
+  collective_timeout_seconds or None, implementation=collective_implementation)`. It waits
+  until every worker of the cluster has started. TensorFlow allows it once per process,
+  before TensorFlow has run anything: later calls with the same options return the same
+  strategy.
+
+  Raises:
+    ValueError: an unknown name; "multi_worker" without a usable TF_CONFIG (at once) or with
+      other options than the process's strategy.
+    RuntimeError: "multi_worker" after TensorFlow has started running in the process.
+  """
+  if name == "multi_worker":
+    multi_worker_task()  # fails at once, with the expected form, without a usable TF_CONFIG
+    if collective_implementation not in COLLECTIVE_IMPLEMENTATIONS:
+      raise ValueError(f"collective_implementation must be one of {COLLECTIVE_IMPLEMENTATIONS}; "
+                       f"got {collective_implementation!r}.")
+    key = (float(collective_timeout_seconds), collective_implementation)
+    if _MULTI_WORKER_STRATEGY:
+      (old, strategy), = _MULTI_WORKER_STRATEGY.items()
+      if old != key:
+        raise ValueError(f"This process already has a MultiWorkerMirroredStrategy with "
+                         f"(collective_timeout_seconds, collective_implementation)={old}; "
+                         f"TensorFlow allows one per process, so {key} needs a new process.")
+      return strategy
+    implementation = getattr(tf.distribute.experimental.CommunicationImplementation,
+                             collective_implementation.upper())
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=float(collective_timeout_seconds) or None,
+        implementation=implementation)
+    try:
+      strategy = tf.distribute.MultiWorkerMirroredStrategy(
+          cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
+          communication_options=options)
+    except RuntimeError as e:
+      if "program startup" not in str(e):
+        raise
+      raise RuntimeError(
+          "strategy 'multi_worker' must be created before TensorFlow runs anything in the "
+          "process (TensorFlow configures its collective operations at startup): create it "
+          "first (train_and_evaluate and train.py do), in a fresh process.") from e
+    _MULTI_WORKER_STRATEGY[key] = strategy
+    return strategy
   gpus = tf.config.list_logical_devices("GPU")
   if name == "mirrored":
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -282,7 +462,8 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
         x, replica_seed(seed, step, ctx.replica_id_in_sync_group, replicas), kl_y_weight)
     optimizer.apply_gradients(zip(grads, variables))
     fraction = tf.cast(tf.shape(x)[0], tf.float32) / global_batch_size
-    return {k: out[k] * fraction for k in keys}  # summed over replicas: the global mean
+    # [len(keys)], summed over replicas: the global means (one all-reduce for all of them).
+    return tf.stack([out[k] for k in keys]) * fraction
 
   @tf.function
   def train_calls(iterator, num_steps):
@@ -290,8 +471,7 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
     for _ in tf.range(num_steps):
       per_replica = strategy.run(replica_step, args=(next(iterator),))
       step.assign_add(1)
-      totals += tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[k], axis=None)
-                          for k in keys])
+      totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
     means = totals / tf.cast(num_steps, tf.float32)
     return {k: means[i] for i, k in enumerate(keys)}
 
@@ -304,6 +484,87 @@ def _same_path(a, b):
 
 class Interrupted(Exception):
   """Raised by `train_and_evaluate` after SIGTERM, once the checkpoint is saved."""
+
+
+class WorkerLostError(RuntimeError):
+  """Multi-worker training lost a worker (it died, or a collective timed out): every worker
+  must be restarted, which resumes from the last checkpoint."""
+
+
+# What a collective raises when a peer is gone (connection reset, missed heartbeats, a timeout).
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+def _cause(error, limit=400):
+  """The informative part of a TensorFlow error's message, on one line: without the
+  "Graph execution error" header and the traceback of the op that raised it."""
+  lines = [line.strip() for line in (getattr(error, "message", None) or str(error)).splitlines()]
+  kept = [line for line in lines if line and not line.startswith(("File ", "[[", "Detected at"))
+          and line not in ("Graph execution error:",)]
+  text = " ".join(kept[:3])
+  return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def worker_dataset_fn(dataset, split, *, batch_size, episode_length, seed, **kwargs):
+  """The `dataset_fn(input_context)` of `strategy.distribute_datasets_from_function`.
+
+  Input pipeline p of P (a worker) yields, for every global batch i of B episodes of
+  `data.episode_dataset(..., seed=seed)`, its part p, rows [p B/P, (p + 1) B/P), cut into
+  one batch of B / replicas per local replica, in replica order. So the episodes of replica
+  r of the whole cluster are those of replica r of one process with as many replicas
+  (`experimental_distribute_dataset` of the same dataset), the parts of a batch are disjoint,
+  and each worker's stream is a pure function of (seed, i, p).
+  """
+  def dataset_fn(input_context):
+    per_replica = input_context.get_per_replica_batch_size(batch_size)
+    part = (input_context.input_pipeline_id, input_context.num_input_pipelines)
+    ds = data_lib.episode_dataset(dataset, split, batch_size=batch_size,
+                                  episode_length=episode_length, seed=seed, part=part, **kwargs)
+    if per_replica * input_context.num_input_pipelines != batch_size:  # several local replicas
+      ds = ds.unbatch().batch(per_replica, drop_remainder=True)
+    return ds
+
+  return dataset_fn
+
+
+def _broadcast_from_chief(strategy, variables):
+  """Sets every worker's `variables` to the chief's (replica 0's): an all-reduce per dtype
+  in which the other replicas contribute zeros, so the sum is the chief's value exactly."""
+  groups = {}
+  for v in variables:
+    groups.setdefault(tf.as_dtype(v.dtype).name, []).append(v)
+  names = sorted(groups)
+
+  @tf.function
+  def chief_values():
+    def replica_fn():
+      is_chief = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+      sums = []
+      for name in names:
+        flat = tf.concat([tf.reshape(tf.convert_to_tensor(v), [-1]) for v in groups[name]], 0)
+        sums.append(tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.where(is_chief, flat, tf.zeros_like(flat))))
+      return sums
+    return strategy.run(replica_fn)
+
+  for name, total in zip(names, chief_values()):
+    flat = strategy.experimental_local_results(total)[0]
+    offset = 0
+    for v in groups[name]:
+      size = int(np.prod(v.shape))
+      v.assign(tf.reshape(flat[offset:offset + size], v.shape))
+      offset += size
+
+
+def _any_worker(strategy):
+  """A function(flag: bool) -> bool: whether any worker passed True (an all-reduce)."""
+  @tf.function
+  def any_flag(flag):
+    per_replica = strategy.run(lambda: tf.cast(flag, tf.float32))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None) > 0
+
+  return lambda flag: bool(any_flag(tf.constant(bool(flag))))
 
 
 def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, workdir: str):
@@ -322,8 +583,52 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
     ValueError: inconsistent settings (workdir of another run, data vs model shapes, ...).
     OSError: the workdir cannot be written (checked before any training).
     runs.CheckpointError: the run has checkpoints but none of them restores.
+    WorkerLostError: strategy "multi_worker" only: another worker died or a collective
+      timed out (see the module docstring).
+
+  With strategy "multi_worker" every worker calls this with the same arguments; only the
+  chief writes `workdir` (the others write a temporary directory that they delete, module
+  docstring), and the strategy is created first, before TensorFlow runs anything.
   """
   cfg = train_config
+  task = strategy = None
+  if cfg.strategy == "multi_worker":
+    task = multi_worker_task()
+    logging.info("Multi-worker training: %s %d (worker %d of %d%s); waiting for every worker "
+                 "of TF_CONFIG to start.", task.type, task.index, task.worker,
+                 task.num_workers, ", the chief" if task.is_chief else "")
+    strategy = make_strategy(cfg.strategy,
+                             collective_timeout_seconds=cfg.collective_timeout_seconds,
+                             collective_implementation=cfg.collective_implementation)
+    if bool(strategy.extended.should_checkpoint) != task.is_chief:
+      raise RuntimeError(f"TensorFlow and TF_CONFIG disagree on whether {task} is the chief.")
+  write_dir = workdir
+  if task is not None and not task.is_chief:
+    write_dir = tempfile.mkdtemp(prefix=f"kanerva_tf-{task.type}{task.index}-")
+    logging.info("Not the chief: writing checkpoints, summaries and the export to %s "
+                 "(deleted at exit); the chief writes %s.", write_dir, workdir)
+  progress = {"step": None}
+  try:
+    return _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, progress)
+  except _PEER_ERRORS as e:
+    if task is None:
+      raise
+    at = f" at step {progress['step']}" if progress["step"] is not None else ""
+    raise WorkerLostError(
+        f"Multi-worker training stopped on {task.type} {task.index}{at}: a collective "
+        f"operation failed ({type(e).__name__}: {_cause(e)}). Another "
+        "worker died, or did not answer within the timeouts (the coordination service's "
+        "heartbeat; --collective_timeout_seconds); see the other workers' logs. Re-run every "
+        f"worker's command to resume from the last checkpoint in {workdir} (the chief's)."
+    ) from e
+  finally:
+    if write_dir != workdir:
+      shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, progress):
+  """`train_and_evaluate`: the chief's (or the only process's) `write_dir` is `workdir`."""
+  chief = task is None or task.is_chief
   data_kwargs = cfg.data_kwargs()
   info = data_lib.dataset_info(cfg.dataset, cfg.train_split, download=cfg.download,
                                **data_kwargs)
@@ -342,17 +647,19 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
       "train": dataclasses.asdict(cfg),
   }
   run_config = json.loads(json.dumps(run_config))  # the form it takes in config.json
-  runs.check_writable(workdir)
-  _check_run_config(workdir, run_config)
+  runs.check_writable(write_dir)
+  if chief:
+    _check_run_config(workdir, run_config)
 
-  strategy = make_strategy(cfg.strategy)
+  strategy = strategy or make_strategy(cfg.strategy)
   replicas = strategy.num_replicas_in_sync
   if cfg.batch_size % replicas:
+    where = f" of {task.num_workers} workers" if task is not None else ""
     raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {replicas} "
-                     "replicas of the strategy.")
+                     f"replicas{where} of the strategy.")
   episode_length = model_config.episode_length
   logging.info("Training %s on %s with %d replica(s) (%s); workdir %s", cfg.model_type,
-               cfg.dataset, replicas, cfg.strategy, workdir)
+               cfg.dataset, replicas, cfg.strategy, write_dir)
 
   keras.utils.set_random_seed(cfg.seed)
   with strategy.scope():
@@ -363,9 +670,13 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
     step = tf.Variable(0, dtype=tf.int64, name="step", trainable=False)
     checkpoint = tf.train.Checkpoint(model_variables=runs.checkpointed_variables(model),
                                      optimizer=optimizer, step=step)
-  manager = tf.train.CheckpointManager(checkpoint, runs.checkpoint_dir(workdir),
+  manager = tf.train.CheckpointManager(checkpoint, runs.checkpoint_dir(write_dir),
                                        max_to_keep=cfg.max_checkpoints)
-  restored = runs.restore_checkpoint(checkpoint, runs.checkpoint_dir(workdir))
+  # Only the chief reads the workdir; it sends what it restored to the other workers.
+  restored = runs.restore_checkpoint(checkpoint, runs.checkpoint_dir(workdir)) if chief else None
+  if task is not None:
+    _broadcast_from_chief(strategy, list(model.variables) + list(optimizer.variables) + [step])
+    any_worker = _any_worker(strategy)
   if restored:
     logging.info("Resumed from %s at step %d", restored, int(step.numpy()))
     # Restored with the optimizer's variables (a MirroredVariable under tf.distribute).
@@ -375,13 +686,22 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
                       "learning_rate=%g: the optimizer's state, its learning rate included, "
                       "comes from the checkpoint.", saved_rate, cfg.learning_rate)
   start_step = int(step.numpy())
+  progress["step"] = start_step
+  if not chief and start_step:
+    logging.info("Resumed at step %d from the chief's checkpoint.", start_step)
   last_good = [restored]  # the newest checkpoint known to restore
 
   # Batch i of the data is a pure function of (seed, i): a resumed run draws fresh batches.
-  train_ds = data_lib.episode_dataset(
-      cfg.dataset, cfg.train_split, batch_size=cfg.batch_size, episode_length=episode_length,
-      seed=cfg.seed * 1_000_003 + start_step, download=cfg.download, **data_kwargs)
-  iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+  train_seed = cfg.seed * 1_000_003 + start_step
+  if task is None:
+    train_ds = data_lib.episode_dataset(
+        cfg.dataset, cfg.train_split, batch_size=cfg.batch_size, episode_length=episode_length,
+        seed=train_seed, download=cfg.download, **data_kwargs)
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+  else:  # each worker its own part of every global batch (worker_dataset_fn)
+    iterator = iter(strategy.distribute_datasets_from_function(worker_dataset_fn(
+        cfg.dataset, cfg.train_split, batch_size=cfg.batch_size, episode_length=episode_length,
+        seed=train_seed, download=cfg.download, **data_kwargs)))
   eval_ds = data_lib.episode_dataset(
       cfg.dataset, cfg.eval_split, batch_size=cfg.batch_size, episode_length=episode_length,
       seed=cfg.seed + 1, repeat=False, num_episodes=cfg.eval_batches * cfg.batch_size,
@@ -397,7 +717,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
     result.pop("num_episodes")
     return result
 
-  writers = {split: tf.summary.create_file_writer(os.path.join(workdir, split))
+  writers = {split: tf.summary.create_file_writer(os.path.join(write_dir, split))
              for split in ("train", "test")}
   image_episode = next(iter(eval_ds)).numpy()
 
@@ -406,15 +726,23 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
 
   def save(now, metrics):
     if not all(math.isfinite(v) for v in metrics.values()):
-      kept = (f"the last good checkpoint {last_good[0]} is kept" if last_good[0]
+      kept = ("the chief keeps its last good checkpoint" if not chief
+              else f"the last good checkpoint {last_good[0]} is kept" if last_good[0]
               else "no checkpoint had been saved")
       raise FloatingPointError(
           f"Non-finite training loss at step {now} ({metrics}); {kept}. Lower "
           "--learning_rate or check the data.")
     last_good[0] = manager.save(checkpoint_number=now)
 
+  stop_requested = [False]
+
   def on_sigterm(signum, frame):  # pylint: disable=unused-argument
-    raise Interrupted()
+    if task is None:
+      raise Interrupted()
+    # Several workers: every worker must stop at the same step, so the flag is combined
+    # across them after the tf.function call in progress (any_worker below).
+    logging.warning("SIGTERM: stopping every worker with a checkpoint after this call.")
+    stop_requested[0] = True
 
   previous_handler = None
   try:
@@ -435,9 +763,12 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
       out = train_calls(iterator, tf.constant(num))
       metrics = {k: float(v) for k, v in out.items()}
       now = int(step.numpy())
+      progress["step"] = now
       window_steps += num
       if not all(math.isfinite(v) for v in metrics.values()):
         save(now, metrics)  # raises FloatingPointError without saving
+      if task is not None and any_worker(stop_requested[0]):
+        raise Interrupted()
       last = now >= cfg.train_steps
       if due(cfg.log_every, now) or last:
         elapsed = time.time() - window_start
@@ -449,7 +780,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
             tf.summary.scalar(k, v, step=now)
           tf.summary.scalar("learning_rate", cfg.learning_rate, step=now)
           tf.summary.scalar("steps_per_sec", rate, step=now)
-        _append_metrics(workdir, {"step": now, "split": "train", "steps_per_sec": rate,
+        _append_metrics(write_dir, {"step": now, "split": "train", "steps_per_sec": rate,
                                   "time": time.time(), **metrics})
         logging.info("step %d/%d  loss %.2f  (%s)  %.2f steps/s  ETA %s", now, cfg.train_steps,
                      metrics["loss"], "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()
@@ -463,7 +794,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
         with writers["test"].as_default():
           for k, v in eval_metrics.items():
             tf.summary.scalar(k, v, step=now)
-        _append_metrics(workdir, {"step": now, "split": cfg.eval_split, **eval_metrics})
+        _append_metrics(write_dir, {"step": now, "split": cfg.eval_split, **eval_metrics})
         logging.info("eval %s at step %d: %s", cfg.eval_split, now,
                      "  ".join(f"{k} {v:.3f}" for k, v in eval_metrics.items()))
       if due(cfg.image_every, now) or last:
@@ -471,7 +802,10 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
           _log_images(model, cfg.model_type, image_episode, now, cfg.seed)
     # Also when the run resumed from a checkpoint that the state file does not name as the
     # latest (the newer one was damaged, or never recorded): record it as the latest.
-    if now > start_step or not _same_path(manager.latest_checkpoint, restored):
+    final = now > start_step or not _same_path(manager.latest_checkpoint, restored)
+    if task is not None:
+      final = any_worker(final and chief)  # the chief decides, so that every worker saves
+    if final:
       save(now, metrics)
   except (KeyboardInterrupt, Interrupted):
     now = int(step.numpy())
@@ -487,6 +821,6 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
 
   if cfg.export:
     from kanerva_tf import export as export_lib  # pylint: disable=g-import-not-at-top
-    export_lib.export(model, runs.export_dir(workdir), cfg.model_type)
-    logging.info("Exported the SavedModel to %s", runs.export_dir(workdir))
+    export_lib.export(model, runs.export_dir(write_dir), cfg.model_type)
+    logging.info("Exported the SavedModel to %s", runs.export_dir(write_dir))
   return {"step": now, "train": metrics, "eval": eval_metrics}
