@@ -157,8 +157,10 @@ def test_address_diagnostics_match_numpy_and_detect_image_independent_addresses(
   kernel, bias = model.q_y.output_layer.kernel, model.q_y.output_layer.bias
   kernel.assign(tf.zeros_like(kernel))
   y_size = model.config.y_size
-  bias.assign(tf.ones([y_size]))                     # the mean; the shared scale (default):
-  model.q_y_scale_raw.assign(tf.fill([y_size], -5.))
+  # The MLP outputs (mean, raw scale) per input (the default y_scale=None): mean 1, scale
+  # softplus(-5) + 1e-4 ~ 0.007.
+  assert model.config.y_scale is None
+  bias.assign(tf.concat([tf.ones([y_size]), tf.fill([y_size], -5.)], 0))
   collapsed = evaluation.address_diagnostics(model, x, seed=3)
   assert collapsed["q_y_mean_std"] == pytest.approx(0., abs=1e-6)
   assert collapsed["w_cos_same"] > 0.99 and collapsed["w_cos_other"] > 0.99
