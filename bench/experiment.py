@@ -198,13 +198,24 @@ def read_records(path):
   return sorted(latest.values(), key=lambda r: r["step"])
 
 
+def table_rows(name, exp):
+  """[(row name, flags, results name, results run)] of an experiment's tables and figure:
+  first its `references` (rows read from another experiment's results, not trained here),
+  then its own runs."""
+  rows = []
+  for row, source in exp.get("references", {}).items():
+    other, other_run = source.split("/")
+    rows.append((row, EXPERIMENTS[other]["runs"][other_run], other, other_run))
+  return rows + [(run, flags, name, run) for run, flags in exp["runs"].items()]
+
+
 def load_runs(name, exp):
-  """{(run, seed): {"test": [records], "train": [records], "eval": dict or None}} of the
-  runs whose metrics were copied to results/."""
+  """{(row, seed): {"test": [records], "train": [records], "eval": dict or None}} of the
+  rows (`table_rows`) whose metrics were copied to results/."""
   loaded = {}
-  for run in exp["runs"]:
+  for run, _, source, source_run in table_rows(name, exp):
     for seed in exp["seeds"]:
-      d = results_dir(name, run, seed)
+      d = results_dir(source, source_run, seed)
       if not os.path.exists(os.path.join(d, "metrics.jsonl")):
         continue
       records = read_records(os.path.join(d, "metrics.jsonl"))
@@ -263,10 +274,12 @@ def summary_table(name, exp, loaded, step=None):
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   base_losses = {s: at_step(loaded[(base, s)]["test"], step)
                  for s in seeds if (base, s) in loaded} if base else {}
-  for run, flags in exp["runs"].items():
+  for run, flags, source, source_run in table_rows(name, exp):
     rec = {s: at_step(loaded[(run, s)]["test"], step) for s in seeds if (run, s) in loaded}
     rec = {s: r for s, r in rec.items() if r is not None}
     cells = [f"`{run}`", " ".join(f"`{f}`" for f in flags) or "(flagfile)"]
+    if source != name:
+      cells[1] += f" (results of `{source}/{source_run}`)"
     cells += [f"{rec[s]['loss']:.2f}" if s in rec else "—" for s in seeds]
     cells.append(f"{_mean([r['loss'] for r in rec.values()]):.2f}" if rec else "—")
     diffs = [rec[s]["loss"] - base_losses[s]["loss"] for s in rec
@@ -298,7 +311,7 @@ def time_to_quality(exp, loaded, nats):
            f"they depend on the machine and on what else ran):", "",
            f"| run | seed | passes `{base}` at step | minutes | below {nats} nats at step | minutes |",
            "|---|---|---|---|---|---|"]
-  for run in exp["runs"]:
+  for run, *_ in table_rows("", exp):
     for seed in exp["seeds"]:
       if run == base or (run, seed) not in loaded:
         continue
@@ -321,7 +334,7 @@ def plot_curves(name, exp, loaded, path):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for i, run in enumerate(exp["runs"]):
+  for i, (run, *_) in enumerate(table_rows(name, exp)):
     for j, seed in enumerate(exp["seeds"]):
       if (run, seed) not in loaded:
         continue

@@ -18,6 +18,8 @@ Each entry:
   headline: optional {"title": str, "paper": {run: the paper's number}}: those runs open
     RESULTS.md's headline table.
   workdir: where a run trains, a template of {experiment}, {run}, {seed}.
+  references: optional {row name: "experiment/run"}: rows of the tables read from another
+    experiment's results (same seeds), not trained here; the baseline may be one.
 """
 
 # Flags of every study: test bound on 4 fixed batches (64 episodes) every 500 steps.
@@ -69,6 +71,30 @@ EXPERIMENTS = {
               "kanerva_y_shared03": ["--y_scale=0.3"]},
         quality_nats=100,
         report_steps=[5000, 10000],   # tables at these steps (seeds that reached them)
+        evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
+        workdir="runs/{experiment}/{run}/s{seed}"),
+    # Issue 12 section 3: the paper's robustness range (section 4, "robust to batch size 8-64
+    # and learning rate 3e-5 to 3e-4"), one seed each at 5,000 steps, beside the default
+    # (batch 16, 3e-4) and its VAE on the same seed from the `omniglot` experiment.
+    "omniglot_robustness": dict(
+        flagfile="omniglot.flags", steps=5000, seeds=(0,),
+        common=_COMMON + ["--noexport"],
+        baseline="vae",
+        references={"vae": "omniglot/vae", "kanerva": "omniglot/kanerva"},
+        runs={"batch8": ["--batch_size=8"], "batch64": ["--batch_size=64"],
+              "lr3e-5": ["--learning_rate=3e-5"]},
+        report_steps=[5000],
+        evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
+        workdir="runs/{experiment}/{run}/s{seed}"),
+    # Issue 12 section 5, Fig. 10: a diagonal row covariance U against the full one (the
+    # default), one seed, 5,000 steps.
+    "omniglot_row_covariance": dict(
+        flagfile="omniglot.flags", steps=5000, seeds=(0,),
+        common=_COMMON + ["--noexport"],
+        baseline="full",
+        references={"full": "omniglot/kanerva"},
+        runs={"diagonal": ["--row_covariance=diagonal"]},
+        report_steps=[5000],
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
     # Issue 15, Fig. 6 left (section 4.4, Appendix D): the Kanerva Machine and the DNC, both

@@ -29,7 +29,11 @@ def _write_run(root, run, seed, losses, kl_z=None):
 
 def test_every_experiment_is_well_formed():
   for name, exp in experiments.EXPERIMENTS.items():
-    assert exp["baseline"] in exp["runs"], name
+    assert exp["baseline"] in {**exp["runs"], **exp.get("references", {})}, name
+    for row, source in exp.get("references", {}).items():
+      other, run = source.split("/")
+      assert run in experiments.EXPERIMENTS[other]["runs"], (name, row)
+      assert set(exp["seeds"]) <= set(experiments.EXPERIMENTS[other]["seeds"]), (name, row)
     specs = experiment.run_specs(name, exp)
     assert len(specs) == len(exp["runs"]) * len(exp["seeds"])
     workdirs = [w for _, _, w, _ in specs]
@@ -135,3 +139,24 @@ def test_write_report_fills_the_headline_markers(tmp_path, monkeypatch):
   text = md.read_text()
   assert "old" not in text and "| Toy | `vae` |" in text and "prose" in text
   assert text.index("<!-- headline -->") < text.index("<!-- experiment:toy -->")
+
+
+def test_references_read_another_experiments_results(tmp_path, monkeypatch):
+  """A `references` row is read from the other experiment's results/ and can be the
+  baseline; it is not trained (no run spec)."""
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  monkeypatch.setitem(experiment.EXPERIMENTS, "toy", EXP)
+  _write_run(tmp_path, "vae", 0, [160., 150., 140.])
+  small = dict(EXP, seeds=(0,), baseline="vae", references={"vae": "toy/vae"},
+               runs={"b8": ["--batch_size=8"]})
+  d = os.path.join(tmp_path, "results", "small", "b8", "s0")
+  os.makedirs(d)
+  with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+    for step, loss in ((500, 170.), (1000, 150.), (1500, 130.)):
+      f.write(json.dumps({"split": "test", "step": step, "loss": loss}) + "\n")
+  assert [r for r, *_ in experiment.run_specs("small", small)] == ["b8"]
+  lines = experiment.summary_table("small", small, experiment.load_runs("small", small))
+  vae = next(l for l in lines if l.startswith("| `vae`"))
+  assert "results of `toy/vae`" in vae and "140.00" in vae
+  b8 = [c.strip() for c in next(l for l in lines if l.startswith("| `b8`")).strip("|").split("|")]
+  assert b8[2:5] == ["130.00", "130.00", "-10.00"]
