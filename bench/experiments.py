@@ -101,9 +101,10 @@ EXPERIMENTS = {
     # without the bottom-up stream (z_t ~ p(z_t|y_t,M)), batch 16, Adam 3e-4 (the DNC's best in
     # the paper; both are omniglot.flags' values), on the same seeds.
     "dnc_comparison": dict(
-        flagfile="omniglot.flags", steps=3000, seeds=(0, 1, 2),
+        flagfile="omniglot.flags", steps=2000, seeds=(0, 1, 2),
         common=_COMMON + ["--noexport"],
         baseline="dnc",
+        report_steps=[2000],
         runs={"dnc": ["--model=dnc"], "kanerva_no_bottom_up": ["--read_posterior=prior"]},
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
