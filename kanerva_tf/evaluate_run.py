@@ -269,7 +269,8 @@ def format_summary(result):
     lines.append(f"  one-shot generation ({fidelity['num_samples']} samples from each of "
                  f"{fidelity['num_episodes']} episodes of {fidelity['conditioning_size']} "
                  f"images, after {it} iterations{prior}): is a sample's nearest neighbour "
-                 "(pixel L2) among the episode's images or as many of other classes?")
+                 "(pixel L2) among the episode's images or among as many images of other "
+                 "classes, class for class?")
     for label, r in fidelity["results"].items():
       lines.append(f"    {label} classes: nn_in_conditioning {r['nn_in_conditioning'][-1]:.3f} "
                    f"+- {r['nn_in_conditioning_stderr'][-1]:.3f} (chance 0.5), distance_ratio "

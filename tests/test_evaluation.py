@@ -288,7 +288,7 @@ _MOCK_DATA = {"dataset": "omniglot", "data_dir": None, "image_size": None, "bina
 def test_generation_fidelity_runs_the_models(model_type, labelled_omniglot):
   del labelled_omniglot
   model = runs.build_model(model_type, OMNIGLOT_TINY)
-  kwargs = dict(class_counts=(2, "all", 50), num_episodes=3, conditioning_size=4,
+  kwargs = dict(class_counts=(2, "all", 50), num_episodes=3, conditioning_size=2,
                 num_samples=2, iterations=(0, 2), batch_size=2, seed=1)
   out = evaluation.generation_fidelity(model, _MOCK_DATA, "test", **kwargs)
   again = evaluation.generation_fidelity(model, _MOCK_DATA, "test", **kwargs)
@@ -304,7 +304,8 @@ def test_generation_fidelity_runs_the_models(model_type, labelled_omniglot):
 def test_generation_fidelity_scores_the_episode_against_other_classes(labelled_omniglot,
                                                                       monkeypatch):
   """With samples that are the conditioning images the score is 1 (ratio 0); the other
-  images are test images of classes that are not in the episode."""
+  images are distinct test images of classes that are not in the episode, as many per class
+  as the episode has."""
   del labelled_omniglot
   from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   images, labels, _ = data_lib.load_split("omniglot", "test")
@@ -334,11 +335,27 @@ def test_generation_fidelity_scores_the_episode_against_other_classes(labelled_o
   conditioning, others = seen[0]
   assert conditioning.shape == others.shape == (3, 4, 28, 28, 1)
   for a_e, o_e in zip(conditioning, others):
-    classes = set(np.concatenate([label_of(a) for a in a_e]))
-    assert len(classes) == 2
-    others_classes = set(np.concatenate([label_of(o) for o in o_e]))
-    assert not classes & others_classes
+    classes = np.concatenate([label_of(a) for a in a_e])
+    others_classes = np.concatenate([label_of(o) for o in o_e])
+    assert len(classes) == len(others_classes) == 4
+    assert len(set(classes)) == len(set(others_classes)) == 2
+    assert not set(classes) & set(others_classes)
+    assert sorted(np.unique(classes, return_counts=True)[1]) == sorted(
+        np.unique(others_classes, return_counts=True)[1])
     assert len({o.tobytes() for o in o_e}) == len(o_e)   # drawn without replacement
+
+
+def test_matched_others_copy_the_class_structure():
+  by_class = {0: np.arange(0, 5), 1: np.arange(5, 7), 2: np.arange(7, 12), 3: np.arange(12, 20)}
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    got = evaluation._matched_others(rng, by_class, np.array([0, 0, 0, 1]))
+    labels = np.searchsorted([5, 7, 12, 20], got, side="right")
+    assert sorted(np.unique(labels, return_counts=True)[1]) == [1, 3]
+    assert set(labels) <= {2, 3} and len(set(got)) == 4
+  # Three images of class 0 need a class with >= 3 images outside {0, 2, 3}: only class 1
+  # (2 images) is left.
+  assert evaluation._matched_others(rng, by_class, np.array([0, 0, 0, 2, 3])) is None
 
 
 def test_generation_fidelity_rejects_bad_arguments():
