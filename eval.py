@@ -59,11 +59,18 @@ def define_flags(fv=flags.FLAGS):
                        flag_values=fv)
   flags.DEFINE_bool("figures", True, "Write the PNG figures (--nofigures: numbers only).",
                     flag_values=fv)
+  flags.DEFINE_bool("generation_fidelity", True, "Score the one-shot generation of Fig. 4: "
+                    "is each sample's nearest neighbour (pixel L2) among the episode's images "
+                    "or among as many test images of other classes? (--nogeneration_fidelity: "
+                    "skip.)", flag_values=fv)
+  flags.DEFINE_integer("fidelity_episodes", 32, "Episodes per class count for "
+                       "--generation_fidelity.", lower_bound=1, flag_values=fv)
   flags.DEFINE_list("episode_sizes", ["16", "32", "64", "128", "256"], "Episode sizes T of "
                     "the bound-vs-episode-size sweep (Fig. 6 right); empty = no sweep.",
                     flag_values=fv)
   flags.DEFINE_list("class_counts", ["2", "4", "12", "all"], "Classes per episode for the "
-                    "sweep and the one-shot generation figure; 'all' = no class restriction.",
+                    "sweep, the one-shot generation figure and its fidelity; 'all' = no class "
+                    "restriction.",
                     flag_values=fv)
   flags.DEFINE_string("data_dir", None, "TFDS data directory overriding the run's (default: "
                       "the run's, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).",
@@ -94,7 +101,7 @@ def main(argv, fv=flags.FLAGS):
   flag_values = {name: fv[name].value for name in (
       "workdir", "checkpoint", "out_dir", "split", "num_batches", "batch_size", "episode_length",
       "seed", "importance_samples", "figures", "episode_sizes", "class_counts", "data_dir",
-      "reuse_write_address")}
+      "reuse_write_address", "generation_fidelity", "fidelity_episodes")}
   try:
     result = evaluate_run.run_evaluation(
         fv.workdir, fv.out_dir, checkpoint=fv.checkpoint, num_batches=fv.num_batches or None,
@@ -102,6 +109,7 @@ def main(argv, fv=flags.FLAGS):
         importance_samples=fv.importance_samples, figures=fv.figures, split=fv.split,
         data_dir=fv.data_dir, episode_sizes=[int(t) for t in fv.episode_sizes],
         class_counts=[None if c == "all" else int(c) for c in fv.class_counts],
+        fidelity=fv.generation_fidelity, fidelity_episodes=fv.fidelity_episodes,
         command_line={"argv": list(sys.argv), "flags": flag_values},
         model_overrides=(None if fv.reuse_write_address is None
                          else {"reuse_write_address": fv.reuse_write_address}))

@@ -2,9 +2,9 @@
 
 `run_evaluation(workdir, out_dir, ...)` restores a run (`kanerva_tf.runs`), evaluates it on a
 TFDS split with `kanerva_tf.evaluation` (test bound, importance-weighted NLL, address
-diagnostics, bound sweep), draws the paper's figures with `kanerva_tf.figures`, and writes
-`<out_dir>/eval.json` and the PNG files; `format_summary` turns the result into the lines that
-`eval.py` prints. `eval.py` only turns flags into that call.
+diagnostics, bound sweep, one-shot generation fidelity), draws the paper's figures with
+`kanerva_tf.figures`, and writes `<out_dir>/eval.json` and the PNG files; `format_summary`
+turns the result into the lines that `eval.py` prints. `eval.py` only turns flags into that call.
 
 Shapes follow the package glossary (`kanerva_tf/__init__.py`).
 """
@@ -29,6 +29,7 @@ from kanerva_tf.evaluation import check_int
 from kanerva_tf.evaluation import class_count_problem
 from kanerva_tf.evaluation import class_label
 from kanerva_tf.evaluation import evaluate_bound
+from kanerva_tf.evaluation import generation_fidelity
 from kanerva_tf.model import KanervaMachine
 
 __all__ = ["EVAL_FILE", "CONDITIONING_SIZE", "run_evaluation", "format_summary"]
@@ -70,6 +71,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
                    split="test", dataset=None, data_dir=None,
                    episode_sizes: Sequence[int] = EPISODE_SIZES,
                    class_counts: Sequence[Optional[int]] = CLASS_COUNTS,
+                   fidelity=True, fidelity_episodes=32,
                    command_line=None, model_overrides=None):
   """Evaluates a training run; writes `<out_dir>/eval.json` and the figures.
 
@@ -88,15 +90,19 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
     dataset, data_dir: override the run's data (config.json "data"); image_size, binarize and
       grayscale always come from the run, so the images match the model.
     episode_sizes: T values of the bound sweep (Fig. 6 right); empty = no sweep.
-    class_counts: classes per episode for the sweep and the generation figure; None or "all"
-      = no class restriction.
+    class_counts: classes per episode for the sweep, the generation figure and the generation
+      fidelity; None or "all" = no class restriction.
+    fidelity: compute `generation_fidelity` (Fig. 4 as a number: are the samples nearer to
+      the conditioning images than to other test images?) for each class count.
+    fidelity_episodes: episodes of `CONDITIONING_SIZE` images per class count for it.
     command_line: recorded in eval.json (e.g. sys.argv and the flag values).
     model_overrides: `ModelConfig` fields changed for the evaluation (`runs.restore_model`),
       recorded in eval.json.
 
   Returns:
     The dict written to eval.json: "bound" (see `evaluate_bound`), "sweep" (see
-    `bound_sweep`, or None), "addressing" (see `address_diagnostics`; None for the VAE),
+    `bound_sweep`, or None), "generation_fidelity" (see `generation_fidelity`, or None),
+    "addressing" (see `address_diagnostics`; None for the VAE),
     "figures" {name: file name}, "notes", and the run's identity:
     "workdir", "checkpoint", "step", "model_type", "likelihood", "dataset", "data", "split",
     "episode_length", "batch_size", "num_batches", "seed", "importance_samples",
@@ -111,6 +117,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
   seed = check_int("seed", seed, minimum=-2**63)
   episode_sizes = tuple(check_int("episode size", t, minimum=1) for t in episode_sizes)
   class_counts = _check_class_counts(class_counts)
+  fidelity_episodes = check_int("fidelity_episodes", fidelity_episodes, minimum=1)
 
   model, run_config, step = runs.restore_model(workdir, checkpoint, model_overrides)
   checkpoint = checkpoint or tf.train.latest_checkpoint(runs.checkpoint_dir(workdir))
@@ -160,6 +167,17 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
                         batch_size=batch_size, seed=seed)
     for label, reason in sweep["skipped"].items():
       notes.append(f"sweep: {label} classes skipped: {reason}")
+
+  fidelity_result = None
+  if fidelity:
+    fidelity_result = generation_fidelity(
+        model, data_kwargs, split, class_counts=class_counts, num_episodes=fidelity_episodes,
+        conditioning_size=CONDITIONING_SIZE, batch_size=batch_size, seed=seed)
+    for label, reason in fidelity_result["skipped"].items():
+      notes.append(f"generation_fidelity: {label} classes skipped: {reason}")
+    if not fidelity_result["conditioned"]:
+      notes.append("generation_fidelity: the VAE's samples come from its prior, not from the "
+                   "conditioning images: the chance reference (nn_in_conditioning ~ 0.5)")
 
   written = {}
   if figures:
@@ -215,6 +233,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
       "likelihood": config.likelihood, "dataset": name, "data": data_kwargs, "split": split,
       "episode_length": t, "batch_size": batch_size, "num_batches": num_batches, "seed": seed,
       "importance_samples": importance_samples, "bound": bound, "sweep": sweep,
+      "generation_fidelity": fidelity_result,
       "addressing": addressing, "model_overrides": model_overrides or {},
       "figures": written, "notes": notes, "command_line": command_line, "out_dir": out_dir,
   }
@@ -243,6 +262,19 @@ def format_summary(result):
                  f"{bound['iw_loss']:.3f} nats"
                  + (f", {bound['iw_bits_per_dim']:.4f} bits/dim" if "iw_bits_per_dim" in bound
                     else ""))
+  fidelity = result.get("generation_fidelity")
+  if fidelity and fidelity["results"]:
+    it = fidelity["iterations"][-1]
+    prior = "" if fidelity["conditioned"] else "; VAE prior samples, the chance reference"
+    lines.append(f"  one-shot generation ({fidelity['num_samples']} samples from each of "
+                 f"{fidelity['num_episodes']} episodes of {fidelity['conditioning_size']} "
+                 f"images, after {it} iterations{prior}): is a sample's nearest neighbour "
+                 "(pixel L2) among the episode's images or among as many images of other "
+                 "classes, class for class?")
+    for label, r in fidelity["results"].items():
+      lines.append(f"    {label} classes: nn_in_conditioning {r['nn_in_conditioning'][-1]:.3f} "
+                   f"+- {r['nn_in_conditioning_stderr'][-1]:.3f} (chance 0.5), distance_ratio "
+                   f"{r['distance_ratio'][-1]:.3f} +- {r['distance_ratio_stderr'][-1]:.3f}")
   lines.append(f"  wrote {os.path.join(result['out_dir'], EVAL_FILE)}"
                + (f" and {len(result['figures'])} figures" if result["figures"] else ""))
   return "\n".join(lines)

@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorflow_probability.python.internal import samplers
 
+from kanerva_tf.evaluation import GENERATION_ITERATIONS
 from kanerva_tf.evaluation import MEMORY_MODELS
 from kanerva_tf.evaluation import corrupt_with_block
 from kanerva_tf.evaluation import require_model
@@ -29,8 +30,6 @@ from kanerva_tf.model import stateless_seed as _seed
 
 __all__ = ["GENERATION_ITERATIONS", "plot_bound_sweep", "plot_reconstructions",
            "plot_generation", "plot_denoising", "plot_interpolation"]
-
-GENERATION_ITERATIONS = (0, 2, 4, 6, 8)  # Fig. 4, 5 and 8 columns
 
 
 

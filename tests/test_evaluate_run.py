@@ -118,7 +118,8 @@ def test_run_evaluation_kanerva(tmp_path, check_png):
   with mocked_omniglot():
     result = evaluate_run.run_evaluation(
         str(workdir), str(out_dir), num_batches=2, batch_size=3, seed=1, importance_samples=2,
-        episode_sizes=(4, 8), class_counts=(2, 12, "all"), command_line={"argv": ["x"]})
+        episode_sizes=(4, 8), class_counts=(2, 12, "all"), fidelity_episodes=2,
+        command_line={"argv": ["x"]})
     # The restored weights are the saved ones: the saved model, on the same episodes with
     # the same seed, gives the same bound.
     ds = data.episode_dataset("omniglot", "test", batch_size=3, episode_length=4, seed=1,
@@ -135,6 +136,15 @@ def test_run_evaluation_kanerva(tmp_path, check_png):
   assert all(np.isfinite(sweep["loss"][c]).all() for c in ("2", "all"))
   assert sweep["loss"]["12"] == [None, None] and "12" in sweep["skipped"]
   assert sweep["num_episodes"]["all"] == [6, 3]  # the same 24 images at every T
+  fidelity = saved["generation_fidelity"]
+  assert fidelity["class_counts"] == ["2", "12", "all"] and fidelity["conditioned"]
+  assert fidelity["conditioning_size"] == evaluate_run.CONDITIONING_SIZE == 12
+  assert fidelity["num_episodes"] == 2 and fidelity["iterations"] == [0, 2, 4, 6, 8]
+  # 6 mock classes: no episode of 12 classes; 12 images of 'all' classes leave too few other
+  # classes to match theirs.
+  assert set(fidelity["results"]) == {"2"} and set(fidelity["skipped"]) == {"12", "all"}
+  assert all(0 <= v <= 1 for v in fidelity["results"]["2"]["nn_in_conditioning"])
+  assert any("generation_fidelity: 12 classes skipped" in n for n in saved["notes"])
   assert set(saved["figures"]) == {"reconstructions", "generation", "denoising",
                                    "interpolation", "bound_vs_episode_size"}
   for file in saved["figures"].values():
@@ -149,7 +159,7 @@ def test_run_evaluation_vae_without_sweep(tmp_path, check_png):
   _make_run(workdir, "vae")
   with mocked_omniglot():
     result = evaluate_run.run_evaluation(str(workdir), num_batches=1, batch_size=2,
-                                       episode_length=5, episode_sizes=())
+                                       episode_length=5, episode_sizes=(), fidelity_episodes=2)
   out_dir = workdir / "eval"  # the default
   saved = _check_eval_json(out_dir, result, "vae")
   assert saved["sweep"] is None and saved["episode_length"] == 5
@@ -158,6 +168,11 @@ def test_run_evaluation_vae_without_sweep(tmp_path, check_png):
   for file in saved["figures"].values():
     check_png(out_dir / file)
   assert any("skipped for the VAE" in n for n in saved["notes"])
+  fidelity = saved["generation_fidelity"]
+  # 6 mock classes: 4 classes leave only 2 others to match them.
+  assert not fidelity["conditioned"] and set(fidelity["results"]) == {"2"}
+  assert "4" in fidelity["skipped"]
+  assert any("the chance reference" in n for n in saved["notes"])
 
 
 def test_run_evaluation_errors(tmp_path):
@@ -177,11 +192,13 @@ def test_run_evaluation_model_overrides(tmp_path):
   """The read switch can be overridden at evaluation (eq. 12's independent read vs reuse)."""
   workdir = tmp_path / "run"
   _make_run(workdir, "kanerva")
-  kwargs = dict(num_batches=1, batch_size=2, seed=1, episode_sizes=(), figures=False)
+  kwargs = dict(num_batches=1, batch_size=2, seed=1, episode_sizes=(), figures=False,
+                fidelity=False)
   with mocked_omniglot():
     plain = evaluate_run.run_evaluation(str(workdir), str(tmp_path / "a"), **kwargs)
     reuse = evaluate_run.run_evaluation(str(workdir), str(tmp_path / "b"), **kwargs,
                                       model_overrides={"reuse_write_address": True})
+  assert plain["generation_fidelity"] is None
   assert plain["model_overrides"] == {} and reuse["model_overrides"] == {
       "reuse_write_address": True}
   assert abs(plain["bound"]["kl_z"] - reuse["bound"]["kl_z"]) > 1e-4
@@ -205,16 +222,27 @@ def test_eval_main_in_process(tmp_path, capsys):
   fv = flags.FlagValues()
   script.define_flags(fv)
   fv(["eval.py", f"--workdir={workdir}", "--num_batches=1", "--batch_size=2", "--nofigures",
-      "--episode_sizes=4", "--class_counts=2,all", "--importance_samples=2", "--seed=5"])
+      "--episode_sizes=4", "--class_counts=2,all", "--importance_samples=2", "--seed=5",
+      "--fidelity_episodes=2"])
   with mocked_omniglot():
     script.main(["eval.py"], fv)
   printed = capsys.readouterr().out
   assert "kanerva at step 7" in printed and "importance-weighted NLL (k=2)" in printed
+  assert "one-shot generation" in printed and "2 classes: nn_in_conditioning" in printed
   with open(workdir / "eval" / "eval.json") as f:
     saved = json.load(f)
   assert saved["figures"] == {} and saved["seed"] == 5
   assert saved["command_line"]["flags"]["class_counts"] == ["2", "all"]
   assert saved["sweep"]["class_counts"] == ["2", "all"]
+  assert saved["generation_fidelity"]["num_episodes"] == 2
+  assert saved["command_line"]["flags"]["generation_fidelity"] is True
+  fv(["eval.py", f"--workdir={workdir}", "--num_batches=1", "--batch_size=2", "--nofigures",
+      "--episode_sizes=", "--nogeneration_fidelity", f"--out_dir={tmp_path / 'off'}"])
+  with mocked_omniglot():
+    script.main(["eval.py"], fv)
+  assert "one-shot generation" not in capsys.readouterr().out
+  with open(tmp_path / "off" / "eval.json") as f:
+    assert json.load(f)["generation_fidelity"] is None
 
 
 def test_eval_flag_defaults_are_the_library_defaults():
@@ -228,8 +256,10 @@ def test_eval_flag_defaults_are_the_library_defaults():
   assert [int(t) for t in fv["episode_sizes"].default] == list(defaults["episode_sizes"])
   assert [None if c == "all" else int(c) for c in fv["class_counts"].default] == list(
       defaults["class_counts"])
-  for name in ("batch_size", "seed", "importance_samples", "figures", "split"):
+  for name in ("batch_size", "seed", "importance_samples", "figures", "split",
+               "fidelity_episodes"):
     assert fv[name].default == defaults[name], name
+  assert fv["generation_fidelity"].default == defaults["fidelity"]
 
 
 def test_eval_main_without_checkpoint_is_a_usage_error(tmp_path):
@@ -336,9 +366,10 @@ def test_eval_script_on_real_omniglot(tmp_path):
   _make_run(workdir, "kanerva")
   proc = _run_script(f"--workdir={workdir}", f"--data_dir={_real_tfds_dir()}",
                      "--split=test[:64]", "--num_batches=1", "--batch_size=2", "--nofigures",
-                     "--episode_sizes=")
+                     "--episode_sizes=", "--fidelity_episodes=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "kanerva at step 7 on omniglot/test[:64]" in proc.stdout
   with open(workdir / "eval" / "eval.json") as f:
     saved = json.load(f)
   assert saved["bound"]["num_episodes"] == 2 and np.isfinite(saved["bound"]["loss"])
+  assert saved["generation_fidelity"]["num_episodes"] == 2
