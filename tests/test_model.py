@@ -278,11 +278,12 @@ def test_write_address_mean_option():
 
 
 def test_prior_starts_at_zero_mean_and_identity_row_covariance():
-  """R_0 starts at zeros and U_0 at the identity (softplus(raw) = 1 on L's diagonal)."""
+  """R_0 starts at zeros and U_0 at (1 + 1e-3)^2 I (softplus(raw) = 1, plus the 1e-3 floor,
+  on L's diagonal)."""
   cfg = kt.ModelConfig(**{**TINY.to_dict(), "memory_size": 32, "code_size": 64})
   prior = kt.KanervaMachine(cfg).prior()
   np.testing.assert_array_equal(prior.loc.numpy(), np.zeros((32, 64)))
-  np.testing.assert_allclose(prior.row_covariance, np.eye(32), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(prior.row_covariance, 1.001**2 * np.eye(32), rtol=1e-5, atol=1e-6)
 
 
 def test_gaussian_dequantisation_only_in_training():
