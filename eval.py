@@ -51,9 +51,6 @@ def define_flags(fv=flags.FLAGS):
                        "episode length).", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of episode sampling and model sampling.",
                        flag_values=fv)
-  flags.DEFINE_bool("reuse_write_address", None, "Override the run's ModelConfig switch "
-                    "(default: as trained); --noreuse_write_address evaluates eq. 12's bound "
-                    "with independent read samples.", flag_values=fv)
   flags.DEFINE_integer("importance_samples", 0, "k > 0 adds an importance-weighted NLL "
                        "estimate with k samples per image; 0 = bound only.", lower_bound=0,
                        flag_values=fv)
@@ -101,7 +98,7 @@ def main(argv, fv=flags.FLAGS):
   flag_values = {name: fv[name].value for name in (
       "workdir", "checkpoint", "out_dir", "split", "num_batches", "batch_size", "episode_length",
       "seed", "importance_samples", "figures", "episode_sizes", "class_counts", "data_dir",
-      "reuse_write_address", "generation_fidelity", "fidelity_episodes")}
+      "generation_fidelity", "fidelity_episodes")}
   try:
     result = evaluate_run.run_evaluation(
         fv.workdir, fv.out_dir, checkpoint=fv.checkpoint, num_batches=fv.num_batches or None,
@@ -110,9 +107,7 @@ def main(argv, fv=flags.FLAGS):
         data_dir=fv.data_dir, episode_sizes=[int(t) for t in fv.episode_sizes],
         class_counts=[None if c == "all" else int(c) for c in fv.class_counts],
         fidelity=fv.generation_fidelity, fidelity_episodes=fv.fidelity_episodes,
-        command_line={"argv": list(sys.argv), "flags": flag_values},
-        model_overrides=(None if fv.reuse_write_address is None
-                         else {"reuse_write_address": fv.reuse_write_address}))
+        command_line={"argv": list(sys.argv), "flags": flag_values})
   except FileNotFoundError as e:  # no checkpoint, or the data is not prepared
     raise app.UsageError(str(e)) from e
   print(evaluate_run.format_summary(result))

@@ -101,9 +101,7 @@ def define_flags(fv=FLAGS):
   for field in ("distribution_memory", "kernel_initializer"):
     model_flag(field)
   train_flag("kl_y_warmup_steps", lower_bound=0)
-  model_flag("reuse_write_address")
   model_flag("read_posterior", preset=True)
-  model_flag("prior_loc_stddev", lower_bound=0.)
   model_flag("y_scale", preset=True, lower_bound=0.,
              note="--y_scale=0 sets None: a scale per input.")
   model_flag("write_address", preset=True)

@@ -15,7 +15,7 @@ from kanerva_tf.memory import WRITE_METHODS
 from kanerva_tf.networks import KERNEL_INITIALIZER
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-READ_POSTERIORS = ("concat", "residual", "encoder_skip", "prior")
+READ_POSTERIORS = ("concat", "encoder_skip", "prior")
 WRITE_ADDRESSES = ("sample", "mean")
 ROW_COVARIANCES = ("full", "diagonal")
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
@@ -28,6 +28,27 @@ VAE_FIELDS = ("image_shape", "code_size", "num_filters", "likelihood", "kernel_i
 
 # The behaviour of runs recorded before these fields existed (their config.json lacks them).
 LEGACY_VALUES = {"y_scale": None, "write_address": "sample"}
+
+# Experiment switches that lost and serve no ablation, retired so that ModelConfig reads as
+# the model (issue 12, section 6). A run recorded with a retired field at its neutral value
+# (the behaviour every model has now) loads, the field dropped; any other value, or a
+# retired value of a field that stays, cannot be rebuilt by this code and raises.
+RETIRED_FIELDS = {"reuse_write_address": False, "prior_loc_stddev": 0.0}  # {field: neutral}
+RETIRED_VALUES = {"read_posterior": ("residual",)}
+RETIRED_ON = "2026-12-02 (issue 12)"
+LAST_SUPPORTING_COMMIT = "9a1990e"
+
+
+def _retired_error(name, value):
+  return ValueError(
+      f"ModelConfig.{name}={value!r} was retired on {RETIRED_ON}, an experiment switch that "
+      f"lost and serves no ablation; the last commit that supports it is "
+      f"{LAST_SUPPORTING_COMMIT} (check it out to rebuild or evaluate this run).")
+
+
+def _is_neutral(value, neutral):
+  # False only as a bool; 0.0 as any number but a bool (0 and 0.0 were both written).
+  return value == neutral and isinstance(value, bool) == isinstance(neutral, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,26 +103,16 @@ class ModelConfig:
     kernel_initializer: initializer of every convolution and dense kernel (a Keras name):
       "glorot_uniform" (Keras' default, see `networks.KERNEL_INITIALIZER`), "he_normal" or
       "lecun_normal" (Sonnet's default). Default: `"glorot_uniform"`.
-    reuse_write_address: an experiment switch, off by default. When on, the training loss
-      reads x_t with the address sample y_t that wrote x_t into the memory, instead of an
-      independent y_t ~ q(y_t|x_t). The loss is then NOT an unbiased estimate of eq. 12: the
-      memory can store each z_t under its random address and return it exactly, whatever
-      q(y|x) is (RESULTS.md). For studying how the paper's curves could arise only. Bool.
-      Default: `False`.
     read_posterior: parameterisation of q(z_t | x_t, y_t, M) (eq. 7), an MLP on
       [e(x_t), w_t^T R] (section 3.2 fixes only its input): "concat" takes its mean from the
-      MLP; "residual" adds the MLP's mean output to the read w_t^T R, so that following the
-      memory is the MLP's zero output; "encoder_skip" adds it to the mean of q(z_t|x_t) (the
-      code that is written), so that the code read is the written code plus a correction,
-      as the VAE's code is the encoder's. All are eq. 12; they differ in what is easy to
-      learn: with "concat" nothing ties the written code to the code read at the start.
+      MLP; "encoder_skip" adds the MLP's mean output to the mean of q(z_t|x_t) (the code
+      that is written), so that the code read is the written code plus a correction, as the
+      VAE's code is the encoder's. Both are eq. 12; they differ in what is easy to learn:
+      with "concat" nothing ties the written code to the code read at the start.
       "prior": no bottom-up stream (Appendix D, the DNC comparison of section 4.4): z_t is
       sampled from p(z_t | y_t, M) itself, q(z_t | x_t, y_t, M) = p(z_t | y_t, M), so KL(z)
       is 0 and x_t reaches its code only through its address y_t and the memory; no q_z MLP.
       Default: `"encoder_skip"`.
-    prior_loc_stddev: the initial prior mean R_0 (eq. 4) is zeros (0) or truncated
-      N(0, s^2) entries (s > 0, as the memory module of the authors' later Dynamic Kanerva
-      Machine initialises it). Float >= 0. Default: `0.0`.
     y_scale: scale of q(y_t|x_t) (section 3.2 fixes only that it is a diagonal Gaussian):
       None, a scale per input output by the q(y|x) MLP (softplus, about 0.7 at
       initialisation); a float s > 1e-4, one learned scale per dimension of y, shared by all
@@ -143,9 +154,7 @@ class ModelConfig:
   distribution_memory: bool = False
   episode_length: int = 32
   kernel_initializer: str = KERNEL_INITIALIZER
-  reuse_write_address: bool = False
   read_posterior: str = "encoder_skip"
-  prior_loc_stddev: float = 0.0
   y_scale: Optional[float] = None
   write_address: str = "mean"
   row_covariance: str = "full"
@@ -171,15 +180,13 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.chunk_size must be a positive int; got {self.chunk_size!r}.")
     if not self.noise_variance > 0:
       raise ValueError(f"ModelConfig.noise_variance must be > 0; got {self.noise_variance!r}.")
-    for name in ("distribution_memory", "reuse_write_address"):
-      if not isinstance(getattr(self, name), bool):
-        raise ValueError(f"ModelConfig.{name} must be a bool; got {getattr(self, name)!r}.")
+    if not isinstance(self.distribution_memory, bool):
+      raise ValueError(f"ModelConfig.distribution_memory must be a bool; "
+                       f"got {self.distribution_memory!r}.")
     self._check_choice("kernel_initializer")
+    if self.read_posterior in RETIRED_VALUES["read_posterior"]:
+      raise _retired_error("read_posterior", self.read_posterior)
     self._check_choice("read_posterior")
-    if (isinstance(self.prior_loc_stddev, bool) or
-        not isinstance(self.prior_loc_stddev, (int, float)) or not self.prior_loc_stddev >= 0):
-      raise ValueError(f"ModelConfig.prior_loc_stddev must be a float >= 0; "
-                       f"got {self.prior_loc_stddev!r}.")
     if self.y_scale is not None and (isinstance(self.y_scale, bool) or
                                      not isinstance(self.y_scale, (int, float)) or
                                      not self.y_scale > MIN_SCALE):
@@ -216,7 +223,19 @@ class ModelConfig:
   def from_dict(cls, values):
     """A config from `to_dict` output. Fields missing from `values` (a run recorded before
     they existed) take the value that reproduces that run's model, `LEGACY_VALUES`, where
-    it differs from today's default, else the default."""
+    it differs from today's default, else the default. A retired field (`RETIRED_FIELDS`,
+    a run recorded before it was retired) is dropped when it holds its neutral value.
+
+    Raises:
+      ValueError: a retired field with another value, or a retired value
+        (`RETIRED_VALUES`), naming it and the last commit that supports it; unknown fields.
+    """
+    values = dict(values)
+    for name, neutral in RETIRED_FIELDS.items():
+      if name in values:
+        value = values.pop(name)
+        if not _is_neutral(value, neutral):
+          raise _retired_error(name, value)
     values = {**{k: v for k, v in LEGACY_VALUES.items() if k not in values}, **values}
     if "image_shape" in values:
       values["image_shape"] = tuple(values["image_shape"])

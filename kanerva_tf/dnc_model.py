@@ -25,10 +25,9 @@ Sizes: the DNC's own sizes live in `DNCConfig` (not in `ModelConfig`); by defaul
 the shape of the Kanerva Machine's (64 x 100 on Omniglot). `ModelConfig.address_size`,
 `write_method` and `chunk_size` (the Kanerva memory's) and `read_posterior` (the
 parameterisation of the Kanerva Machine's q(z|x,y,M), which the DNC baseline does not have)
-are not used; `distribution_memory` and `prior_loc_stddev` must keep their defaults (False,
-0).
-`y_size`, `y_noise_std`, `y_scale`, `write_address`, `reuse_write_address`, `noise_variance`,
-`mlp_hidden_size` (of q(y|x)) and `kernel_initializer` act as in the Kanerva Machine.
+are not used; `distribution_memory` must keep its default (False). `y_size`, `y_noise_std`,
+`y_scale`, `write_address`, `noise_variance`, `mlp_hidden_size` (of q(y|x)) and
+`kernel_initializer` act as in the Kanerva Machine.
 
 Shapes follow the package glossary (`kanerva_tf/__init__.py`); Y is the size of y. The DNC
 state is a `kanerva_tf.dnc.DNCState` with batch [B] (its own letters: N slots, W word size,
@@ -149,10 +148,9 @@ class DNCMachine(_GenerativeModel):
       dnc_config = DNCConfig()
     if not isinstance(dnc_config, DNCConfig):
       raise TypeError(f"DNCMachine needs a kanerva_tf.dnc_model.DNCConfig; got {dnc_config!r}.")
-    for name, default in (("distribution_memory", False), ("prior_loc_stddev", 0.0)):
-      if getattr(cfg, name) != default:
-        raise ValueError(f"DNCMachine: ModelConfig.{name}={getattr(cfg, name)!r} is an option "
-                         f"of the Kanerva memory; the DNC baseline needs {default!r}.")
+    if cfg.distribution_memory:
+      raise ValueError("DNCMachine: ModelConfig.distribution_memory=True is an option of the "
+                       "Kanerva memory; the DNC baseline needs False.")
     self.dnc_config = dnc_config
     c = cfg.code_size
     init = cfg.kernel_initializer
@@ -189,7 +187,7 @@ class DNCMachine(_GenerativeModel):
     return self.dnc.initial_state(batch_size)
 
   def _write(self, embedding, mean_y, scale_y, seed):
-    """Writes [y_t, z_t], t = 1..T in order (read-outs discarded): (`DNCState`, y_t `[B, T, Y]`).
+    """Writes [y_t, z_t], t = 1..T in order (read-outs discarded); returns the `DNCState`.
 
     y_t ~ q(y_t|x_t) ("sample") or its mean ("mean", `write_address`); z_t ~ q(z_t|x_t)."""
     seeds = samplers.split_seed(seed, 2)
@@ -199,7 +197,7 @@ class DNCMachine(_GenerativeModel):
       y = _sample_normal(mean_y, scale_y, seeds[0])
     mean_z, scale_z = _split_normal(embedding)                          # q(z|x) [B, T, C]
     z = _sample_normal(mean_z, scale_z, seeds[1])
-    return self.dnc.write(tf.concat([y, z], axis=-1)), y
+    return self.dnc.write(tf.concat([y, z], axis=-1))
 
   def prior_mean(self, y, state):
     """mu of p(z | y, M) `[B, X, C]` for addresses y `[B, X, Y]`: the read-out of a
@@ -237,11 +235,8 @@ class DNCMachine(_GenerativeModel):
     x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
     embedding = self.encoder(x)                                         # [B, T, 2C]
     mean_y, scale_y = self.q_y_params(embedding, training, seeds[1])   # [B, T, Y]
-    state, y_write = self._write(embedding, mean_y, scale_y, seeds[2])
-    if self.config.reuse_write_address:  # experiment switch, as in the Kanerva Machine
-      y = y_write
-    else:
-      y = _sample_normal(mean_y, scale_y, seeds[3])                    # read [B, T, Y]
+    state = self._write(embedding, mean_y, scale_y, seeds[2])
+    y = _sample_normal(mean_y, scale_y, seeds[3])                      # read [B, T, Y]
     z, _ = self._read_code(y, state, seeds[4])                          # [B, T, C]
     reconstruction = -self.log_likelihood(x, self.decode(z))           # [B, T]
     kl_y = diag_normal_kl(mean_y, scale_y, tf.zeros_like(mean_y), tf.ones_like(scale_y))
@@ -263,7 +258,7 @@ class DNCMachine(_GenerativeModel):
     seeds = samplers.split_seed(stateless_seed(seed), 2)
     embedding = self.encoder(x)
     mean_y, scale_y = self.q_y_params(embedding, False, None)
-    return self._write(embedding, mean_y, scale_y, seeds[0])[0]
+    return self._write(embedding, mean_y, scale_y, seeds[0])
 
   def read(self, queries, state, iterations=1, seed=None):
     """Iterative reading of queries `[B, N, H, W, D]` from a written `state` (batch [B]).

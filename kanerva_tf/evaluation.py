@@ -129,7 +129,7 @@ def _iw_fn(model, num_samples, chunk):
       elif is_dnc:
         # Write once, as the model does: [y_t, z_t], y ~ q(y|x), z ~ q(z|x), in order.
         mean_y, scale_y = model.q_y_params(embedding, False, None)    # [B, T, Y]
-        state = model._write(embedding, mean_y, scale_y, seeds[1])[0]
+        state = model._write(embedding, mean_y, scale_y, seeds[1])
         log_w_fn = lambda s: model.importance_log_weights(x, embedding, state, chunk, s)
       else:
         log_w_fn = lambda s: _vae_log_weights(model, x, embedding, chunk, s)

@@ -292,10 +292,7 @@ class KanervaMachine(_GenerativeModel):
                 networks.MLP(cfg.mlp_hidden_size, 2 * c, init, name="q_z_read"))
     self.addresses = self.add_weight(
         shape=(k, s), initializer=keras.initializers.RandomNormal(stddev=1.), name="addresses")
-    # R_0: zeros by default; N(0, s^2) truncated at 2s with `prior_loc_stddev` s > 0.
-    loc_init = ("zeros" if cfg.prior_loc_stddev == 0 else
-                keras.initializers.TruncatedNormal(stddev=cfg.prior_loc_stddev))
-    self.prior_loc = self.add_weight(shape=(k, c), initializer=loc_init, name="prior_loc")
+    self.prior_loc = self.add_weight(shape=(k, c), initializer="zeros", name="prior_loc")  # R_0
     # U_0 = L L^T with L lower triangular, diag(L) = softplus(raw) > 0: positive definite;
     # with row_covariance="diagonal", L = diag(softplus(raw)), raw of shape [K].
     softplus_inv_one = float(np.log(np.expm1(1.)))
@@ -375,20 +372,18 @@ class KanervaMachine(_GenerativeModel):
 
   def q_z_params(self, embedding, prior_mean, prior_scale=None):
     """(mean, scale) of q(z_t | x_t, y_t, M) `[..., C]` from the MLP on [e(x_t), w_t^T R]
-    (section 3.2). `read_posterior="residual"`: the MLP's mean output is a correction added
-    to the read, mean = w_t^T R + MLP_mean; "encoder_skip": added to the mean of q(z_t|x_t),
-    mean = e_mean(x_t) + MLP_mean (the same family, reparameterised); "prior": no bottom-up
-    stream (Appendix D), q(z_t|x_t,y_t,M) = p(z_t|y_t,M) = N(prior_mean, prior_scale²),
-    `prior_scale` (broadcastable to `prior_mean`) required."""
+    (section 3.2). `read_posterior="encoder_skip"`: the MLP's mean output is a correction
+    added to the mean of q(z_t|x_t), mean = e_mean(x_t) + MLP_mean (the family of "concat",
+    reparameterised); "prior": no bottom-up stream (Appendix D), q(z_t|x_t,y_t,M) =
+    p(z_t|y_t,M) = N(prior_mean, prior_scale²), `prior_scale` (broadcastable to
+    `prior_mean`) required."""
     if self.config.read_posterior == "prior":
       if prior_scale is None:
         raise ValueError("q_z_params: read_posterior='prior' needs prior_scale, the scale of "
                          "p(z|y,M) (from _memory_prior_on_z).")
       return prior_mean, tf.broadcast_to(prior_scale, tf.shape(prior_mean))
     mean, scale = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
-    if self.config.read_posterior == "residual":
-      mean = prior_mean + mean
-    elif self.config.read_posterior == "encoder_skip":
+    if self.config.read_posterior == "encoder_skip":
       mean = embedding[..., :self.config.code_size] + mean  # e_mean: no softplus needed
     return mean, scale
 
@@ -429,10 +424,7 @@ class KanervaMachine(_GenerativeModel):
     w_write = self.write_weights(mean_y, scale_y, y_seeds[1])         # [B, T, K]
     prior = self.prior()                                               # built once per call
     memory = self._write(embedding, w_write, seeds[2], prior)         # batch [B]
-    if self.config.reuse_write_address:  # experiment switch: not eq. 12 (see ModelConfig)
-      w = w_write
-    else:
-      w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read [B, T, K]
+    w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read [B, T, K]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
     mean_z, scale_z = self.q_z_params(embedding, prior_mean, prior_scale)
     z = _sample_normal(mean_z, scale_z, seeds[3])                      # [B, T, C]

@@ -219,8 +219,8 @@ def restore_model(workdir, checkpoint=None, model_overrides=None):
     checkpoint: a checkpoint path; default the newest in `<workdir>/checkpoints` that
       restores (damaged ones are skipped with a warning, see `restore_checkpoint`).
     model_overrides: optional dict of `ModelConfig` fields to change before building, e.g.
-      {"reuse_write_address": False} to evaluate with eq. 12's independent read; fields that
-      change the variables (sizes) fail the restore.
+      {"distribution_memory": True} to evaluate with Appendix F's reads; fields that change
+      the variables (sizes) fail the restore.
 
   Returns:
     (model, run_config, step): the built model with restored weights, the run's config

@@ -189,21 +189,21 @@ def test_run_evaluation_errors(tmp_path):
 
 
 def test_run_evaluation_model_overrides(tmp_path):
-  """The read switch can be overridden at evaluation (eq. 12's independent read vs reuse)."""
+  """A read switch can be overridden at evaluation (mean-field reads vs Appendix F's)."""
   workdir = tmp_path / "run"
   _make_run(workdir, "kanerva")
   kwargs = dict(num_batches=1, batch_size=2, seed=1, episode_sizes=(), figures=False,
                 fidelity=False)
   with mocked_omniglot():
     plain = evaluate_run.run_evaluation(str(workdir), str(tmp_path / "a"), **kwargs)
-    reuse = evaluate_run.run_evaluation(str(workdir), str(tmp_path / "b"), **kwargs,
-                                      model_overrides={"reuse_write_address": True})
+    other = evaluate_run.run_evaluation(str(workdir), str(tmp_path / "b"), **kwargs,
+                                        model_overrides={"distribution_memory": True})
   assert plain["generation_fidelity"] is None
-  assert plain["model_overrides"] == {} and reuse["model_overrides"] == {
-      "reuse_write_address": True}
-  assert abs(plain["bound"]["kl_z"] - reuse["bound"]["kl_z"]) > 1e-4
+  assert plain["model_overrides"] == {} and other["model_overrides"] == {
+      "distribution_memory": True}
+  assert abs(plain["bound"]["kl_z"] - other["bound"]["kl_z"]) > 1e-4
   with open(tmp_path / "b" / "eval.json") as f:
-    assert json.load(f)["model_overrides"] == {"reuse_write_address": True}
+    assert json.load(f)["model_overrides"] == {"distribution_memory": True}
 
 
 # ----------------------------------------------------------------------------- eval.py

@@ -34,10 +34,8 @@ def test_importance_weighted_estimate(model_type, binary_episodes):
   assert one["num_episodes"] == many["num_episodes"] == 8 * 16
   assert one["loss"] == many["loss"]  # same seed: the analytic part is the same
   # k = 1: two Monte Carlo estimates of the same expectation (analytic KLs vs log-ratios); the
-  # episode-level standard errors make a conservative tolerance. For the Kanerva Machine the
-  # IW estimate reads with y independent of the write while the model's loss reuses the write
-  # sample; for an untrained model this changes the expectation by ~0.05 nats, well inside
-  # the tolerance (after training it can be tens of nats: importance_log_likelihood).
+  # episode-level standard errors make a conservative tolerance. For the Kanerva Machine both
+  # read with y independent of the write (eq. 12).
   tol = 4 * np.hypot(one["loss_stderr"], one["iw_loss_stderr"])
   assert abs(one["iw_loss"] - one["loss"]) < tol, (one, tol)
   # k = 16: the log-likelihood estimate is higher (the NLL lower), by far more than the noise

@@ -188,15 +188,15 @@ def test_kl_y_warmup_weighs_kl_y_in_the_training_loss():
 
 
 def test_resuming_a_run_saved_before_new_model_fields_were_added(mock_omniglot, tmp_path):
-  """A config.json without fields added to ModelConfig later (they take their defaults) is
-  the same model, not a different one."""
+  """A config.json without fields added to ModelConfig later (they take their defaults), or
+  with fields retired since at their neutral values, is the same model, not a different one."""
   workdir = tmp_path / "run"
   cfg = _train_config(train_steps=2, eval_every=0, image_every=0)
   training.train_and_evaluate(TINY, cfg, str(workdir))
   saved = runs.load_run_config(str(workdir))
-  for field in ("kernel_initializer", "reuse_write_address", "read_posterior",
-                "prior_loc_stddev"):
+  for field in ("kernel_initializer", "read_posterior"):
     del saved["model"][field]
+  saved["model"].update(reuse_write_address=False, prior_loc_stddev=0.0)
   runs.save_run_config(str(workdir), saved)
   training.train_and_evaluate(TINY, _train_config(train_steps=4, eval_every=0, image_every=0),
                               str(workdir))
