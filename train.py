@@ -3,7 +3,8 @@ r"""Trains a Kanerva Machine, its matched VAE, or the DNC baseline (--model=dnc)
   python train.py --flagfile=omniglot.flags
   python train.py --flagfile=cifar.flags --workdir=/tmp/km_cifar --train_steps=2000
 
-Flags -> (ModelConfig, TrainConfig) -> kanerva_tf.training.train_and_evaluate. Re-running the
+Flags -> (ModelConfig, TrainConfig; with --model=dnc a DNCConfig from the --dnc_* flags) ->
+kanerva_tf.training.train_and_evaluate. Re-running the
 same command resumes from the last checkpoint in --workdir. On several machines: the same
 command on each, with --strategy=multi_worker and TF_CONFIG naming the cluster and the
 machine's task (README, "Training on several machines").
@@ -24,8 +25,8 @@ from absl import logging
 
 FLAGS = flags.FLAGS
 
-# --flag -> (config class, field) for the flags that set a ModelConfig or TrainConfig field;
-# filled by define_flags, read by configs_from_flags.
+# --flag -> (config class, field) for the flags that set a ModelConfig, TrainConfig or
+# DNCConfig field; filled by define_flags, read by configs_from_flags (and dnc_config_from_flags).
 CONFIG_FLAGS = {}
 
 
@@ -74,11 +75,14 @@ def _define_field_flag(fv, cls, field, flag=None, *, preset=False, other_dataset
 def define_flags(fv=FLAGS):
   """Every flag has a default and a help string; sizes default to the dataset's preset.
 
-  The flags of config fields take their type, default, choices and help from `ModelConfig`
-  and `TrainConfig` (`_define_field_flag`); only the flags of no field are written out here.
+  The flags of config fields take their type, default, choices and help from `ModelConfig`,
+  `TrainConfig` and `DNCConfig` (`_define_field_flag`; --dnc_<field> for the DNC's sizes);
+  only the flags of no field are written out here.
   """
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   from kanerva_tf.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from kanerva_tf.dnc_model import DNCConfig  # pylint: disable=g-import-not-at-top
   train_flag = functools.partial(_define_field_flag, fv, training.TrainConfig)
   model_flag = functools.partial(_define_field_flag, fv, ModelConfig)
   # Data.
@@ -106,6 +110,10 @@ def define_flags(fv=FLAGS):
              note="--y_scale=0 sets None: a scale per input.")
   model_flag("write_address", preset=True)
   model_flag("row_covariance")
+  # The DNC baseline's sizes (--model=dnc only).
+  for field in dataclasses.fields(DNCConfig):
+    _define_field_flag(fv, DNCConfig, field.name, f"dnc_{field.name}", lower_bound=1,
+                       note="--model=dnc only.")
   # Optimisation and distribution.
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, summaries, export.",
                       flag_values=fv)
@@ -138,7 +146,8 @@ def configs_from_flags(fv=FLAGS):
 
   values = {cls: {} for cls in (ModelConfig, training.TrainConfig)}
   for name, (cls, field) in CONFIG_FLAGS.items():
-    values[cls][field] = fv[name].value
+    if cls in values:  # not the DNCConfig's: dnc_config_from_flags
+      values[cls][field] = fv[name].value
   train_config = training.TrainConfig(**values[training.TrainConfig])
   overrides = {k: v for k, v in values[ModelConfig].items() if v is not None}
   if overrides.get("y_scale") == 0:
@@ -154,6 +163,25 @@ def configs_from_flags(fv=FLAGS):
   return ModelConfig(image_shape=tuple(info.image_shape), **overrides), train_config
 
 
+def dnc_config_from_flags(fv=FLAGS):
+  """The DNCConfig of the --dnc_* flags with --model=dnc, else None.
+
+  Raises:
+    ValueError: a --dnc_* flag is given with another --model (naming the flags), or a bad
+      value.
+  """
+  from kanerva_tf.dnc_model import DNCConfig  # pylint: disable=g-import-not-at-top
+  names = {name: field for name, (cls, field) in CONFIG_FLAGS.items() if cls is DNCConfig}
+  if fv.model != "dnc":
+    given = [f"--{name}" for name in names if fv[name].present]
+    if given:
+      raise ValueError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the sizes of "
+                       f"the DNC baseline and need{'s' if len(given) == 1 else ''} "
+                       f"--model=dnc; got --model={fv.model}.")
+    return None
+  return DNCConfig(**{field: fv[name].value for name, field in names.items()})
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -166,11 +194,15 @@ def main(argv):
                              collective_timeout_seconds=FLAGS.collective_timeout_seconds,
                              collective_implementation=FLAGS.collective_implementation)
     model_config, train_config = configs_from_flags()
+    dnc_config = dnc_config_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   logging.info("Model: %s", model_config)
+  if dnc_config is not None:
+    logging.info("DNC: %s", dnc_config)
   try:
-    result = training.train_and_evaluate(model_config, train_config, FLAGS.workdir)
+    result = training.train_and_evaluate(model_config, train_config, FLAGS.workdir,
+                                         dnc_config=dnc_config)
   except training.Interrupted:
     logging.warning("Interrupted by SIGTERM; the checkpoint is saved in %s: re-run the same "
                     "command to resume.", FLAGS.workdir)

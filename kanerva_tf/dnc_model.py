@@ -35,7 +35,7 @@ R read heads, there).
 """
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Dict, Optional, Tuple
 
 import keras
 import numpy as np
@@ -63,13 +63,23 @@ _LOG_2PI = float(np.log(2. * np.pi))
 class DNCConfig:
   """Sizes of the DNC of a `DNCMachine` (the rest is its `ModelConfig`).
 
+  This section is the one description of every field: `train.py` takes the help and
+  defaults of its `--dnc_<field>` flags from it and the dataclass defaults
+  (`kanerva_tf.config.check_field_docs` keeps them in step). `to_dict()` is what a run's
+  config.json records under "dnc".
+
   Attributes:
     num_reads: R, read heads (the paper does not give it; 4 as DeepMind's DNC code and
-      Graves et al.'s bAbI model). There is one write head.
-    word_size: W; None = `ModelConfig.code_size` C.
-    memory_slots: N; None = `ModelConfig.memory_size` K.
-    controller_hidden_size: hidden units of the controller MLP (Appendix D: 200).
+      Graves et al.'s bAbI model). There is one write head. Positive int. Default: `4`.
+    word_size: W, the size of a memory word; None = `ModelConfig.code_size` C. None or a
+      positive int. Default: `None`.
+    memory_slots: N, the memory's slots (rows); None = `ModelConfig.memory_size` K. None or
+      a positive int. Default: `None`.
+    controller_hidden_size: hidden units of the controller MLP (Appendix D: 200). Positive
+      int. Default: `200`.
   """
+  CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {}  # no field takes one of a few strings
+
   num_reads: int = 4
   word_size: Optional[int] = None
   memory_slots: Optional[int] = None
@@ -288,12 +298,13 @@ class DNCMachine(_GenerativeModel):
 
   def generate(self, state, num_samples, iterations=0, seed=None):
     """Samples given a written `state`: y ~ N(0, I), z ~ p(z | y, M), x ~ p(x|z), then
-    `iterations` (a Python int >= 0) rounds of `read`.
+    `iterations` rounds of `read`: a Python int >= 0 or an integer scalar `Tensor` (the
+    reads in a `tf.cond`, as `KanervaMachine.generate`).
 
     Returns:
       `[iterations + 1, B, num_samples, H, W, D]` image means (index 0: before reading).
     """
-    if not isinstance(iterations, int) or iterations < 0:
+    if isinstance(iterations, bool) or (isinstance(iterations, int) and iterations < 0):
       raise ValueError(f"generate: iterations must be an int >= 0; got {iterations!r}.")
     seeds = samplers.split_seed(stateless_seed(seed), 4)
     batch = tf.shape(state.memory)[:1]
@@ -301,10 +312,14 @@ class DNCMachine(_GenerativeModel):
                                    seeds[0])
     params = self.decode(self._read_code(y, state, seeds[1])[0])
     outputs = params["mean"][tf.newaxis]
-    if iterations == 0:
+    if isinstance(iterations, int) and iterations == 0:
       return outputs
     x = self.sample_images(params, seeds[2])
-    return tf.concat([outputs, self.read(x, state, iterations, seeds[3])], axis=0)
+    if isinstance(iterations, int):
+      return tf.concat([outputs, self.read(x, state, iterations, seeds[3])], axis=0)
+    return tf.cond(iterations > 0,
+                   lambda: tf.concat([outputs, self.read(x, state, iterations, seeds[3])], 0),
+                   lambda: outputs)
 
   def reconstruct(self, episode, seed=None):
     """Writes episodes `[B, T, H, W, D]` and reads them back once: means `[B, T, H, W, D]`."""

@@ -46,17 +46,31 @@ config() -> config, model_type, image_shape          as above
 
 #### Signatures of the DNC baseline ("dnc")
 
+The DNC's memory is a `kanerva_tf.dnc.DNCState`, passed as its six named tensors (the
+"state" below). Here K is the DNC's memory slots (`DNCConfig.memory_slots`, default
+`ModelConfig.memory_size`), V its word size (`DNCConfig.word_size`, default the code size
+C) and R its read heads (`DNCConfig.num_reads`); `kanerva_tf.dnc` calls them N, W and R.
+
 ```none
+state = memory [B, K, V], usage [B, K], link [B, K, K], precedence [B, K],
+        read_weights [B, R, K], write_weights [B, K]          (float32)
+write(episode [B, T, H, W, D], seed [2])
+    -> state                                         the DNC state after writing the
+                                                      episode in order (from all zeros)
+read(queries [B, N, H, W, D], state, iterations [] >= 1, seed [2])
+    -> images [iterations, B, N, H, W, D]            iterative reading, a read-only access
+generate(state, num_samples [] >= 1, iterations [] >= 0, seed [2])
+    -> images [iterations + 1, B, N, H, W, D]        y ~ N(0, I), read, decoded (index 0),
+                                                      then iterative reading; N = num_samples
 reconstruct(episode [B, T, H, W, D], seed [2]) -> images [B, T, H, W, D]
     write the episode into the DNC, then read it back once
 loss(episode [B, T, H, W, D], seed [2])
     -> loss, reconstruction, kl_y, kl_z [] and per_example_loss [B]   (training=False)
-config() -> config, model_type, image_shape          as above (config: the ModelConfig;
-                                                      the DNC's sizes are DNCConfig's)
+config() -> config, model_type, image_shape          as above (config: the ModelConfig),
+    and dnc_config [] string                         the DNCConfig JSON (None sizes: K, C)
 ```
 
-(No write / read / generate signatures for the DNC yet: its memory is a `DNCState`, not
-the `loc`, `row_covariance` pair those signatures pass.)
+The empty memory (nothing written) is all zeros, e.g. to `generate` without writing.
 
 `iterations` and `num_samples` are int32 scalars; the loops run inside the graph.
 
@@ -76,7 +90,8 @@ functions (`loaded.signatures["reconstruct"](...)`, servers) run the graph on wh
 are given, so every signature also checks its inputs at run time and fails with an
 InvalidArgumentError such as `Shape of tensor episode [1,32,32,32,1] is not compatible with
 expected shape [?,?,28,28,1]`.  It also checks that `loc` and `row_covariance` have the
-batch size of the queries, and the ranges of `iterations` and `num_samples`; the model's own
+batch size of the queries (every tensor of a DNC state that of the queries, or of
+`memory`), and the ranges of `iterations` and `num_samples`; the model's own
 checks (values in [0, 1], no NaN) run as well.  (`saved_model_cli run` feeds through a TF1
 session, which refuses a wrongly shaped feed before running anything.)
 
@@ -115,20 +130,25 @@ import uuid
 
 import tensorflow as tf
 
+from kanerva_tf.dnc import DNCState
 from kanerva_tf.dnc_model import DNCMachine
 from kanerva_tf.memory import KanervaMemory
 from kanerva_tf.model import VAE
 from kanerva_tf.model import KanervaMachine
 
-__all__ = ["ServingModule", "export", "SIGNATURES"]
+__all__ = ["ServingModule", "export", "SIGNATURES", "MEMORY_INPUTS"]
 
 # Signature names of each model type, in the order they are documented.
 SIGNATURES = {
     "kanerva": ("write", "read", "generate", "reconstruct", "loss", "prior", "config"),
     "vae": ("reconstruct", "generate", "loss", "config"),
-    "dnc": ("reconstruct", "loss", "config"),
+    "dnc": ("write", "read", "generate", "reconstruct", "loss", "config"),
 }
 _MODEL_CLASSES = {"kanerva": KanervaMachine, "vae": VAE, "dnc": DNCMachine}
+# The named tensors of a memory, by model type: what write returns and read, generate take.
+MEMORY_INPUTS = {"kanerva": ("loc", "row_covariance"), "dnc": DNCState._fields}
+_MEMORY_HINT = {"kanerva": "loc [B, K, C] and row_covariance [B, K, K] come from write or prior",
+                "dnc": "the DNC state's six tensors come from write, or are zeros"}
 
 
 def _model_type_of(model, model_type=None):
@@ -159,7 +179,7 @@ def _tf_variable(variable):
 
 
 class ServingModule(tf.Module):
-  """The serving `tf.Module` of a built KanervaMachine or VAE (see the module docstring).
+  """The serving `tf.Module` of a built KanervaMachine, VAE or DNCMachine (module docstring).
 
   Its `tf.function`s carry explicit input signatures, so each is traced once, whatever the
   batch size or episode length of the calls.  The model's variables are tracked as
@@ -167,8 +187,9 @@ class ServingModule(tf.Module):
   it would also save Keras' own call graphs, which serving does not need).
 
   Args:
-    model: a `KanervaMachine` or `VAE` whose variables exist (called once, or restored).
-    model_type: optional "kanerva" or "vae", checked against the model.
+    model: a `KanervaMachine`, `VAE` or `DNCMachine` whose variables exist (called once,
+      or restored).
+    model_type: optional "kanerva", "vae" or "dnc", checked against the model.
   """
 
   def __init__(self, model, model_type=None, name="kanerva_tf_serving"):
@@ -188,15 +209,24 @@ class ServingModule(tf.Module):
       return tf.TensorSpec([None, None, h, w, d], tf.float32, name=name)
 
     seed = tf.TensorSpec([2], tf.int32, name="seed")
-    loc = tf.TensorSpec([None, k, c], tf.float32, name="loc")
-    row_covariance = tf.TensorSpec([None, k, k], tf.float32, name="row_covariance")
     iterations = tf.TensorSpec([], tf.int32, name="iterations")
     num_samples = tf.TensorSpec([], tf.int32, name="num_samples")
+    if self.model_type == "dnc":
+      self._dnc_config_json = json.dumps(model.dnc_config.to_dict(), sort_keys=True)
+      slots, word, reads = model.memory_slots, model.word_size, model.num_reads  # K, V, R
+      memory_shapes = DNCState(memory=[None, slots, word], usage=[None, slots],
+                               link=[None, slots, slots], precedence=[None, slots],
+                               read_weights=[None, reads, slots],
+                               write_weights=[None, slots])._asdict()
+    else:
+      memory_shapes = {"loc": [None, k, c], "row_covariance": [None, k, k]}
+    memory = [tf.TensorSpec(memory_shapes[name], tf.float32, name=name)
+              for name in MEMORY_INPUTS.get(self.model_type, ())]
     specs = {
         "write": [images("episode"), seed],
-        "read": [images("queries"), loc, row_covariance, iterations, seed],
-        "generate": ([loc, row_covariance, num_samples, iterations, seed]
-                     if self.model_type == "kanerva" else [num_samples, iterations, seed]),
+        "read": [images("queries"), *memory, iterations, seed],
+        "generate": ([*memory, num_samples, iterations, seed]
+                     if self.model_type in MEMORY_INPUTS else [num_samples, iterations, seed]),
         "reconstruct": [images("episode"), seed],
         "loss": [images("episode"), seed],
         "prior": [],
@@ -238,14 +268,15 @@ class ServingModule(tf.Module):
     x = {name: tf.ensure_shape(value, specs[name].shape, name=f"{name}_shape")
          for name, value in inputs.items()}
     checks = []
-    if "loc" in x:
-      source = "queries" if "queries" in x else "loc"
-      for name in ("loc", "row_covariance"):
+    names = MEMORY_INPUTS.get(self.model_type, ())
+    if names and names[0] in x:
+      source = "queries" if "queries" in x else names[0]
+      for name in names:
         if name != source:
           checks.append(tf.debugging.assert_equal(
               tf.shape(x[name])[0], tf.shape(x[source])[0],
               message=f"{signature}: the batch size B of {name} must be that of {source} "
-              "(loc [B, K, C] and row_covariance [B, K, K] come from write or prior)"))
+              f"({_MEMORY_HINT[self.model_type]})"))
     if "iterations" in x:
       least = 1 if signature == "read" else 0
       checks.append(tf.debugging.assert_greater_equal(
@@ -266,9 +297,12 @@ class ServingModule(tf.Module):
     return dict(self._model(episode, training=False, seed=seed))
 
   def _config(self):
-    return {"config": tf.constant(self._config_json),
-            "model_type": tf.constant(self.model_type),
-            "image_shape": tf.constant(self._model.config.image_shape, tf.int32)}
+    outputs = {"config": tf.constant(self._config_json),
+               "model_type": tf.constant(self.model_type),
+               "image_shape": tf.constant(self._model.config.image_shape, tf.int32)}
+    if self.model_type == "dnc":
+      outputs["dnc_config"] = tf.constant(self._dnc_config_json)
+    return outputs
 
   # ------------------------------------------------------------------ Kanerva Machine
   def _kanerva_write(self, episode, seed):
@@ -296,6 +330,27 @@ class ServingModule(tf.Module):
     return {"loc": tf.convert_to_tensor(prior.loc)[tf.newaxis],
             "row_covariance": tf.convert_to_tensor(prior.row_covariance)[tf.newaxis]}
 
+  # ------------------------------------------------------------------ DNC baseline
+  def _dnc_write(self, episode, seed):
+    episode, seed = self._checked("write", episode=episode, seed=seed)
+    return self._model.write(episode, seed)._asdict()
+
+  def _dnc_read(self, queries, memory, usage, link, precedence, read_weights, write_weights,
+                iterations, seed):
+    queries, *state, iterations, seed = self._checked(
+        "read", queries=queries, memory=memory, usage=usage, link=link, precedence=precedence,
+        read_weights=read_weights, write_weights=write_weights, iterations=iterations,
+        seed=seed)
+    return {"images": self._model.read(queries, DNCState(*state), iterations, seed)}
+
+  def _dnc_generate(self, memory, usage, link, precedence, read_weights, write_weights,
+                    num_samples, iterations, seed):
+    *state, num_samples, iterations, seed = self._checked(
+        "generate", memory=memory, usage=usage, link=link, precedence=precedence,
+        read_weights=read_weights, write_weights=write_weights, num_samples=num_samples,
+        iterations=iterations, seed=seed)
+    return {"images": self._model.generate(DNCState(*state), num_samples, iterations, seed)}
+
   # ------------------------------------------------------------------ VAE
   def _vae_generate(self, num_samples, iterations, seed):
     num_samples, iterations, seed = self._checked(
@@ -314,9 +369,9 @@ def export(model, path, model_type=None):
   next to it.
 
   Args:
-    model: a built `KanervaMachine` or `VAE`.
+    model: a built `KanervaMachine`, `VAE` or `DNCMachine`.
     path: the export directory (created or replaced).
-    model_type: optional "kanerva" or "vae", checked against the model.
+    model_type: optional "kanerva", "vae" or "dnc", checked against the model.
 
   Returns:
     `path`.

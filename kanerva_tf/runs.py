@@ -3,7 +3,8 @@
 Layout of `<workdir>`:
 
   config.json     {"model_type": "kanerva" | "vae" | "dnc", "model": ModelConfig.to_dict(),
-                   "data": {...}, "train": {...}}  written once when the run starts
+                   "data": {...}, "train": {...}}  written once when the run starts; a DNC
+                  run also has "dnc": DNCConfig.to_dict() (`dnc_config_of`)
   checkpoints/    tf.train.CheckpointManager checkpoints of
                   {model_variables (see `checkpointed_variables`), optimizer, step}
   metrics.jsonl   one JSON object per line: {"step", "split": "train" | "test", terms...}
@@ -20,12 +21,13 @@ import tensorflow as tf
 from absl import logging
 
 from kanerva_tf.config import ModelConfig
+from kanerva_tf.dnc_model import DNCConfig
 from kanerva_tf.dnc_model import DNCMachine
 from kanerva_tf.model import KanervaMachine
 from kanerva_tf.model import VAE
 
 __all__ = ["MODEL_TYPES", "build_model", "checkpointed_variables", "save_run_config", "load_run_config",
-           "restore_model", "checkpoint_dir", "export_dir", "metrics_path",
+           "dnc_config_of", "restore_model", "checkpoint_dir", "export_dir", "metrics_path",
            "CheckpointError", "checkpoint_paths", "restore_checkpoint", "check_writable"]
 
 MODEL_TYPES = {"kanerva": KanervaMachine, "vae": VAE, "dnc": DNCMachine}
@@ -54,12 +56,30 @@ def checkpointed_variables(model):
   return [getattr(v, "value", v) for v in model.variables]
 
 
-def build_model(model_type, config):
+def build_model(model_type, config, dnc_config=None):
   """A `KanervaMachine` ("kanerva"), `VAE` ("vae") or `DNCMachine` ("dnc", the DNC
-  baseline with the default `DNCConfig`) for `config`."""
+  baseline with the sizes of `dnc_config`, a `DNCConfig`; None: the default) for `config`.
+
+  Raises:
+    ValueError: an unknown `model_type`, or a `dnc_config` for another model than "dnc".
+  """
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type must be one of {sorted(MODEL_TYPES)}; got {model_type!r}.")
+  if model_type == "dnc":
+    return DNCMachine(config, dnc_config, name=model_type)
+  if dnc_config is not None:
+    raise ValueError(f"A DNCConfig sets the sizes of the DNC baseline (model_type 'dnc'); "
+                     f"got one for model_type {model_type!r}.")
   return MODEL_TYPES[model_type](config, name=model_type)
+
+
+def dnc_config_of(run_config):
+  """The `DNCConfig` of a run's config dict (`load_run_config`): None unless its model_type
+  is "dnc"; its "dnc" entry, else (a run recorded before config.json had one) the default
+  `DNCConfig()`, the sizes those runs were trained with."""
+  if run_config.get("model_type") != "dnc":
+    return None
+  return DNCConfig.from_dict(run_config.get("dnc") or {})
 
 
 def save_run_config(workdir, run_config):
@@ -212,7 +232,8 @@ def check_writable(workdir):
 
 
 def restore_model(workdir, checkpoint=None, model_overrides=None):
-  """Rebuilds the run's model and restores its weights.
+  """Rebuilds the run's model (a DNC with its config.json sizes, `dnc_config_of`) and
+  restores its weights.
 
   Args:
     workdir: a run directory written by `kanerva_tf.training`.
@@ -232,7 +253,7 @@ def restore_model(workdir, checkpoint=None, model_overrides=None):
   """
   run_config = load_run_config(workdir)
   config = ModelConfig.from_dict({**run_config["model"], **(model_overrides or {})})
-  model = build_model(run_config["model_type"], config)
+  model = build_model(run_config["model_type"], config, dnc_config_of(run_config))
   model(tf.zeros((1, 2) + config.image_shape))  # create the variables
   step = tf.Variable(0, dtype=tf.int64)
   restored = restore_checkpoint(

@@ -1,7 +1,8 @@
 """Custom distributed training loop: MirroredStrategy, checkpoints, summaries, export.
 
 `train_and_evaluate(model_config, train_config, workdir)` is the whole job; `train.py` only
-turns flags into the two configs. Shapes follow the package glossary.
+turns flags into the two configs (and, for the DNC baseline, a `DNCConfig`: `dnc_config=`).
+Shapes follow the package glossary.
 
 Distribution: every global batch of B episodes is split across the replicas of a
 `tf.distribute` strategy; each replica returns its per-episode losses, scaled with
@@ -55,6 +56,7 @@ from kanerva_tf import data as data_lib
 from kanerva_tf import evaluation
 from kanerva_tf import runs
 from kanerva_tf.config import VAE_FIELDS, ModelConfig
+from kanerva_tf.dnc_model import DNCConfig
 from kanerva_tf.keras_fit import replica_seed  # the seeds of Keras fit's steps too
 
 __all__ = ["TrainConfig", "STRATEGIES", "COLLECTIVE_IMPLEMENTATIONS", "Interrupted",
@@ -346,7 +348,8 @@ def make_strategy(name, *, collective_timeout_seconds=0.0, collective_implementa
 
 
 def _check_run_config(workdir, run_config):
-  """Writes config.json for a new run; for a resumed run, checks the model is the same.
+  """Writes config.json for a new run; for a resumed run, checks the model is the same
+  (its type, ModelConfig, data and, for the DNC, its sizes).
 
   The data directory is not compared: where the data lives is not what it is (a run resumes
   from a moved copy, or with TFDS_DATA_DIR instead of --data_dir); config.json records the
@@ -361,8 +364,16 @@ def _check_run_config(workdir, run_config):
     # Compare configs, not dicts: fields added to ModelConfig after the run started take
     # their defaults, which keep the behaviour the run was trained with.
     old["model"] = json.loads(json.dumps(ModelConfig.from_dict(old["model"]).to_dict()))
-  for key in ("model_type", "model", "data"):
-    saved, now = old.get(key), run_config[key]
+  keys, compared = ("model_type", "model", "data"), dict(run_config)
+  if run_config["model_type"] == "dnc" and old.get("model_type") == "dnc":
+    # The DNC's sizes, with None resolved (None and the size it stands for are one model);
+    # a run recorded before config.json had "dnc" was trained with the default DNCConfig.
+    model = ModelConfig.from_dict(run_config["model"])
+    old["dnc"] = _resolved_dnc(runs.dnc_config_of(old), model)
+    compared["dnc"] = _resolved_dnc(runs.dnc_config_of(run_config), model)
+    keys += ("dnc",)
+  for key in keys:
+    saved, now = old.get(key), compared[key]
     if key == "model" and run_config["model_type"] == "vae" and isinstance(saved, dict):
       # A VAE is the same model whatever the memory-only fields say (e.g. new defaults).
       saved, now = ({k: d.get(k) for k in VAE_FIELDS} for d in (saved, now))
@@ -376,10 +387,19 @@ def _check_run_config(workdir, run_config):
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
       else:
         detail = f"saved {saved!r}, now {now!r}"
+      what = "DNC config (--dnc_* flags)" if key == "dnc" else key
       raise ValueError(
-          f"{workdir!r} holds a run with a different {key} ({detail}). Resume it with the "
+          f"{workdir!r} holds a run with a different {what} ({detail}). Resume it with the "
           "same settings, or use a new --workdir.")
   runs.save_run_config(workdir, run_config)  # train settings (e.g. train_steps) may change
+
+
+def _resolved_dnc(dnc_config, model_config):
+  """`DNCConfig.to_dict()` with the sizes None stands for (memory_slots K, word_size C)."""
+  values = dnc_config.to_dict()
+  values["memory_slots"] = values["memory_slots"] or model_config.memory_size
+  values["word_size"] = values["word_size"] or model_config.code_size
+  return values
 
 
 def _scalar_keys(model_type):
@@ -567,8 +587,12 @@ def _any_worker(strategy):
   return lambda flag: bool(any_flag(tf.constant(bool(flag))))
 
 
-def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, workdir: str):
+def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, workdir: str,
+                       dnc_config: Optional[DNCConfig] = None):
   """Trains (or resumes) a run in `workdir`, evaluating, checkpointing and exporting.
+
+  `dnc_config`: the DNC's sizes, model_type "dnc" only (None: the default `DNCConfig()`);
+  config.json records it under "dnc", and a resumed run must have the same sizes.
 
   Returns:
     dict: the final step, the last training metrics and the last evaluation metrics.
@@ -591,6 +615,13 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
   docstring), and the strategy is created first, before TensorFlow runs anything.
   """
   cfg = train_config
+  if cfg.model_type == "dnc":
+    dnc_config = DNCConfig() if dnc_config is None else dnc_config
+    if not isinstance(dnc_config, DNCConfig):
+      raise TypeError(f"dnc_config must be a kanerva_tf.dnc_model.DNCConfig; got {dnc_config!r}.")
+  elif dnc_config is not None:
+    raise ValueError(f"dnc_config (the --dnc_* flags) sets the sizes of the DNC baseline: it "
+                     f"needs model_type 'dnc'; got model_type {cfg.model_type!r}.")
   task = strategy = None
   if cfg.strategy == "multi_worker":
     task = multi_worker_task()
@@ -609,7 +640,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
                  "(deleted at exit); the chief writes %s.", write_dir, workdir)
   progress = {"step": None}
   try:
-    return _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, progress)
+    return _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, progress,
+                               dnc_config)
   except _PEER_ERRORS as e:
     if task is None:
       raise
@@ -626,7 +658,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, wor
       shutil.rmtree(write_dir, ignore_errors=True)
 
 
-def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, progress):
+def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, progress,
+                        dnc_config):
   """`train_and_evaluate`: the chief's (or the only process's) `write_dir` is `workdir`."""
   chief = task is None or task.is_chief
   data_kwargs = cfg.data_kwargs()
@@ -646,6 +679,8 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
       "data": {"dataset": cfg.dataset, **data_kwargs},
       "train": dataclasses.asdict(cfg),
   }
+  if dnc_config is not None:
+    run_config["dnc"] = dnc_config.to_dict()
   run_config = json.loads(json.dumps(run_config))  # the form it takes in config.json
   runs.check_writable(write_dir)
   if chief:
@@ -663,7 +698,7 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
 
   keras.utils.set_random_seed(cfg.seed)
   with strategy.scope():
-    model = runs.build_model(cfg.model_type, model_config)
+    model = runs.build_model(cfg.model_type, model_config, dnc_config)
     model(tf.zeros((1, episode_length) + model_config.image_shape))
     optimizer = keras.optimizers.Adam(cfg.learning_rate)
     optimizer.build(model.trainable_variables)

@@ -378,6 +378,12 @@ def test_user_api_shapes_and_tensor_iterations():
   np.testing.assert_allclose(model.read(x, state, tf.constant(2), seed=1).numpy(),
                              model.read(x, state, 2, seed=1).numpy(), atol=1e-5)
   assert model.generate(state, 4, 2, seed=1).shape == (3, 2, 4, 28, 28, 1)
+  for iterations in (0, 2):  # a tensor: the reads in a tf.cond, same samples
+    np.testing.assert_allclose(
+        model.generate(state, 4, tf.constant(iterations), seed=1).numpy(),
+        model.generate(state, 4, iterations, seed=1).numpy(), atol=1e-5)
+  with pytest.raises(ValueError, match="iterations must be an int >= 0"):
+    model.generate(state, 4, -1)
   assert model.reconstruct(x, seed=1).shape == x.shape
   with pytest.raises(ValueError, match="iterations must be >= 1"):
     model.read(x, state, 0)
@@ -457,10 +463,17 @@ def test_train_export_restore_and_eval_py_end_to_end(mock_omniglot, tmp_path):
   assert isinstance(model, dnc_model.DNCMachine) and run_config["model_type"] == "dnc"
   assert step == 2
 
-  # The SavedModel: reconstruct, loss and config, without kanerva_tf's classes.
+  # The SavedModel: every signature, without kanerva_tf's classes.
   x = _episode(length=4)
   loaded = tf.saved_model.load(runs.export_dir(workdir))
   assert set(loaded.signatures) == set(export_lib.SIGNATURES["dnc"])
+  state = loaded.signatures["write"](episode=x, seed=tf.constant([5, 6]))
+  got = loaded.signatures["read"](queries=x[:, :2], iterations=tf.constant(2),
+                                  seed=tf.constant([7, 8]), **state)["images"]
+  want = model.read(x[:, :2], model.write(x, seed=(5, 6)), 2, seed=(7, 8))
+  np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+  assert run_config["dnc"] == dnc_model.DNCConfig().to_dict()  # no dnc_config: the default
+  assert json.loads(loaded.signatures["config"]()["dnc_config"].numpy()) == run_config["dnc"]
   got = loaded.signatures["reconstruct"](episode=x, seed=tf.constant([1, 2]))["images"]
   np.testing.assert_allclose(got.numpy(), model.reconstruct(x, seed=(1, 2)).numpy(), atol=1e-5)
   assert loaded.signatures["config"]()["model_type"].numpy() == b"dnc"
@@ -488,19 +501,29 @@ def test_train_export_restore_and_eval_py_end_to_end(mock_omniglot, tmp_path):
 
 
 def test_train_py_model_dnc_on_mock_data(tmp_path):
+  """--model=dnc with the DNC's sizes as flags: recorded in config.json, restored by
+  restore_model; resuming with another size is refused before anything is trained."""
   workdir = tmp_path / "run"
   code = f"""
+      import pytest
       import tensorflow_datasets as tfds
       with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
         import train
         train.define_flags()
-        train.FLAGS(["train.py", "--model=dnc", "--dataset=omniglot", "--workdir={workdir}",
-                     "--train_steps=2", "--steps_per_call=1", "--batch_size=2",
-                     "--episode_length=3", "--eval_batches=1", "--log_every=1",
-                     "--image_every=0", "--eval_every=2", "--strategy=default",
-                     "--code_size=6", "--memory_size=5", "--address_size=4",
-                     "--num_filters=4", "--y_size=3", "--export=false"])
+        argv = ["train.py", "--model=dnc", "--dataset=omniglot", "--workdir={workdir}",
+                "--train_steps=2", "--steps_per_call=1", "--batch_size=2",
+                "--episode_length=3", "--eval_batches=1", "--log_every=1",
+                "--image_every=0", "--eval_every=2", "--strategy=default",
+                "--code_size=6", "--memory_size=5", "--address_size=4",
+                "--num_filters=4", "--y_size=3", "--export=false",
+                "--dnc_num_reads=2", "--dnc_word_size=4", "--dnc_controller_hidden_size=8"]
+        train.FLAGS(argv)
         train.main(["train.py"])
+        train.FLAGS.unparse_flags()
+        train.FLAGS(argv[:-1] + ["--dnc_controller_hidden_size=16", "--train_steps=4"])
+        with pytest.raises(ValueError, match="different DNC config .*controller_hidden_size: "
+                           "saved 8, now 16"):
+          train.main(["train.py"])
       print("OK")
       """
   proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, timeout=600,
@@ -509,7 +532,12 @@ def test_train_py_model_dnc_on_mock_data(tmp_path):
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
   assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-2")
   with open(workdir / "config.json") as f:
-    assert json.load(f)["model_type"] == "dnc"
+    run_config = json.load(f)
+  assert run_config["model_type"] == "dnc"
+  sizes = dnc_model.DNCConfig(num_reads=2, word_size=4, controller_hidden_size=8)
+  assert run_config["dnc"] == sizes.to_dict() and run_config["train"]["train_steps"] == 2
+  model, _, step = runs.restore_model(str(workdir))
+  assert model.dnc_config == sizes and step == 2
   with open(workdir / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
   assert {"kl_y", "kl_z", "reconstruction"} <= set(records[0])

@@ -1,14 +1,15 @@
-"""Tests of kanerva_tf.export: the serving SavedModel of a KanervaMachine and a VAE.
+"""Tests of kanerva_tf.export: the serving SavedModel of a KanervaMachine, a VAE and the
+DNC baseline (DNCMachine).
 
 Tiny untrained models are exported once per module. Their signatures are called on the
 reloaded SavedModel in this process and in a fresh Python that never imports kanerva_tf
 (nor TensorFlow Probability), and once through `saved_model_cli run`; every output must
 match the in-memory model for the same seeds. The Kanerva Machine uses a Bernoulli
 likelihood; the VAE a Gaussian one and variables created under a MirroredStrategy, as in
-training.
+training; the DNC a DNCConfig whose slots and word size differ from K and C.
 
 Shapes: B batch of episodes, T episode length, N queries/samples, H W D image, K memory
-rows, C code size.
+rows, C code size; of the DNC: K its slots, V its word size, R its read heads.
 """
 
 import dataclasses
@@ -24,11 +25,16 @@ import pytest
 import tensorflow as tf
 
 import kanerva_tf as kt
+from kanerva_tf import dnc
+from kanerva_tf import dnc_model
 from kanerva_tf import export as export_lib
 
 TINY = kt.ModelConfig(image_shape=(8, 8, 1), code_size=6, memory_size=5, address_size=4,
                       num_filters=4, y_size=3, mlp_hidden_size=8, episode_length=4)
 TINY_GAUSSIAN = dataclasses.replace(TINY, likelihood="gaussian")
+TINY_DNC = dnc_model.DNCConfig(num_reads=2, word_size=4, memory_slots=7,
+                               controller_hidden_size=8)
+DNC_STATE = ("memory", "usage", "link", "precedence", "read_weights", "write_weights")
 B, T, N = 2, 4, 3
 READ_ITERATIONS, KM_GENERATE_ITERATIONS, VAE_GENERATE_ITERATIONS = 2, 1, 2
 NUM_SAMPLES = 3
@@ -53,7 +59,7 @@ def call_signatures(served, inputs):
     return tf.constant(inputs[key])
 
   record("config", sig["config"]())
-  if "write" in sig:  # a Kanerva Machine
+  if "write" in sig:  # a Kanerva Machine or the DNC: a memory to read and generate from
     memory = sig["write"](episode=const("episode"), seed=const("seed_write"))
     record("write", memory)
     record("read", sig["read"](queries=const("queries"), iterations=tf.constant({READ_ITERATIONS}),
@@ -61,7 +67,8 @@ def call_signatures(served, inputs):
     record("generate", sig["generate"](num_samples=tf.constant({NUM_SAMPLES}),
                                        iterations=tf.constant({KM_GENERATE_ITERATIONS}),
                                        seed=const("seed_generate"), **memory))
-    record("prior", sig["prior"]())
+    if "prior" in sig:
+      record("prior", sig["prior"]())
   else:
     record("generate", sig["generate"](num_samples=tf.constant({NUM_SAMPLES}),
                                        iterations=tf.constant({VAE_GENERATE_ITERATIONS}),
@@ -107,6 +114,12 @@ def _expected(model, inputs):
     prior = model.prior()
     out["prior/loc"] = tf.convert_to_tensor(prior.loc)[tf.newaxis]
     out["prior/row_covariance"] = tf.convert_to_tensor(prior.row_covariance)[tf.newaxis]
+  elif isinstance(model, dnc_model.DNCMachine):
+    state = model.write(inputs["episode"], seed["seed_write"])
+    out.update({f"write/{name}": value for name, value in state._asdict().items()})
+    out["read/images"] = model.read(inputs["queries"], state, READ_ITERATIONS, seed["seed_read"])
+    out["generate/images"] = model.generate(state, NUM_SAMPLES, KM_GENERATE_ITERATIONS,
+                                            seed["seed_generate"])
   else:
     out["generate/images"] = model.generate(NUM_SAMPLES, VAE_GENERATE_ITERATIONS,
                                             seed["seed_generate"])
@@ -122,6 +135,8 @@ def _assert_matches_model(outputs, model, model_type, inputs):
   assert config == json.loads(json.dumps(model.config.to_dict()))
   assert bytes(outputs.pop("config/model_type")) == model_type.encode()
   np.testing.assert_array_equal(outputs.pop("config/image_shape"), model.config.image_shape)
+  if model_type == "dnc":
+    assert json.loads(bytes(outputs.pop("config/dnc_config"))) == model.dnc_config.to_dict()
   want = _expected(model, inputs)
   assert sorted(outputs) == sorted(want)
   for key, value in want.items():
@@ -162,7 +177,9 @@ def models(inputs):
   with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
     vae = kt.VAE(TINY_GAUSSIAN, name="vae")
     vae(inputs["episode"])
-  return {"kanerva": kanerva, "vae": vae}
+  dnc = dnc_model.DNCMachine(TINY, TINY_DNC, name="dnc")
+  dnc(inputs["episode"])
+  return {"kanerva": kanerva, "vae": vae, "dnc": dnc}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +195,7 @@ def loaded(exports):
 
 
 # ----------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("model_type", ["kanerva", "vae"])
+@pytest.mark.parametrize("model_type", ["kanerva", "vae", "dnc"])
 def test_signatures_have_the_documented_inputs_and_outputs(loaded, model_type):
   served = loaded[model_type]
   assert tuple(served.signatures) == export_lib.SIGNATURES[model_type]
@@ -192,16 +209,23 @@ def test_signatures_have_the_documented_inputs_and_outputs(loaded, model_type):
   }
   want_outputs = {"reconstruct": {"images"}, "config": {"config", "model_type", "image_shape"},
                   "loss": {"loss", "per_example_loss", "reconstruction", "kl_z"}}
-  if model_type == "kanerva":
-    memory = {"loc": [None, k, c], "row_covariance": [None, k, k]}
+  if model_type in ("kanerva", "dnc"):
+    if model_type == "kanerva":
+      memory = {"loc": [None, k, c], "row_covariance": [None, k, k]}
+      want_inputs["prior"], want_outputs["prior"] = {}, {"loc", "row_covariance"}
+      want_outputs["loss"] |= {"kl_y", "kl_memory"}
+    else:  # K slots, V word size, R read heads of the DNCConfig
+      k, v, r = TINY_DNC.memory_slots, TINY_DNC.word_size, TINY_DNC.num_reads
+      memory = {"memory": [None, k, v], "usage": [None, k], "link": [None, k, k],
+                "precedence": [None, k], "read_weights": [None, r, k],
+                "write_weights": [None, k]}
+      want_outputs["loss"] |= {"kl_y"}
+      want_outputs["config"] |= {"dnc_config"}
     want_inputs.update(
         write={"episode": images, "seed": [2]},
         read={"queries": images, **memory, "iterations": [], "seed": [2]},
-        generate={**memory, "num_samples": [], "iterations": [], "seed": [2]},
-        prior={})
-    want_outputs.update(write={"loc", "row_covariance"}, read={"images"},
-                        generate={"images"}, prior={"loc", "row_covariance"})
-    want_outputs["loss"] |= {"kl_y", "kl_memory"}
+        generate={**memory, "num_samples": [], "iterations": [], "seed": [2]})
+    want_outputs.update(write=set(memory), read={"images"}, generate={"images"})
   else:
     want_inputs["generate"] = {"num_samples": [], "iterations": [], "seed": [2]}
     want_outputs["generate"] = {"images"}
@@ -212,7 +236,7 @@ def test_signatures_have_the_documented_inputs_and_outputs(loaded, model_type):
     assert set(fn.structured_outputs) == want_outputs[name], name
 
 
-@pytest.mark.parametrize("model_type", ["kanerva", "vae"])
+@pytest.mark.parametrize("model_type", ["kanerva", "vae", "dnc"])
 def test_saved_variables_are_the_models(models, exports, loaded, model_type):
   model, served = models[model_type], loaded[model_type]
   assert len(served.model_variables) == len(model.variables)
@@ -223,7 +247,7 @@ def test_saved_variables_are_the_models(models, exports, loaded, model_type):
   assert len([n for n, _ in entries if n.endswith("VARIABLE_VALUE")]) == len(model.variables)
 
 
-@pytest.mark.parametrize("model_type", ["kanerva", "vae"])
+@pytest.mark.parametrize("model_type", ["kanerva", "vae", "dnc"])
 def test_reloaded_signatures_match_the_model(models, loaded, inputs, model_type):
   model, served = models[model_type], loaded[model_type]
   _assert_matches_model(_call_signatures(served, inputs), model, model_type, inputs)
@@ -305,6 +329,67 @@ def test_wrong_shapes_are_refused_with_the_expected_shape(loaded, inputs):
   with pytest.raises(tf.errors.InvalidArgumentError, match="generate: num_samples must be >= 1"):
     loaded["vae"].signatures["generate"](num_samples=tf.constant(0), iterations=tf.constant(0),
                                          seed=seed)
+
+
+def test_dnc_state_is_the_named_tensors_of_a_dnc_state(models, loaded, inputs):
+  """write returns the DNCState's fields; the empty memory (zeros) generates as in process."""
+  assert DNC_STATE == dnc.DNCState._fields == export_lib.MEMORY_INPUTS["dnc"]
+  served, model = loaded["dnc"], models["dnc"]
+  state = served.signatures["write"](episode=tf.constant(inputs["episode"]),
+                                     seed=tf.constant([1, 2]))
+  assert set(state) == set(DNC_STATE)
+  empty = model.initial_state(B)
+  got = served.signatures["generate"](num_samples=tf.constant(2), iterations=tf.constant(0),
+                                      seed=tf.constant([5, 6]), **empty._asdict())["images"]
+  np.testing.assert_allclose(got, model.generate(empty, 2, 0, tf.constant([5, 6])),
+                             rtol=RTOL, atol=ATOL)
+  assert got.shape == (1, B, 2) + TINY.image_shape
+
+
+def test_dnc_wrong_shapes_are_refused_with_the_expected_shape(loaded, inputs):
+  served = loaded["dnc"]
+  seed = tf.constant([0, 0])
+  episode, queries = tf.constant(inputs["episode"]), tf.constant(inputs["queries"])  # B = 2
+  state = served.signatures["write"](episode=episode, seed=seed)
+  read, generate = served.signatures["read"], served.signatures["generate"]
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"tensor episode \[2,4,9,8,1\] is not compatible with expected "
+                     r"shape \[\?,\?,8,8,1\]"):
+    served.signatures["write"](episode=tf.zeros((2, 4, 9, 8, 1)), seed=seed)
+  # Every tensor of the state has its K, V, R (7 slots, words of 4, 2 read heads).
+  for name, wrong in [("memory", (2, 7, 6)), ("link", (2, 5, 5)), ("read_weights", (2, 4, 7))]:
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"tensor {name} \[{','.join(map(str, wrong))}\] is not "
+                       r"compatible with expected shape"):
+      read(queries=queries, iterations=tf.constant(1), seed=seed,
+           **{**state, name: tf.zeros(wrong)})
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"tensor usage \[2,7,1\] is not compatible with expected shape "
+                     r"\[\?,7\]"):
+    generate(num_samples=tf.constant(1), iterations=tf.constant(0), seed=seed,
+             **{**state, "usage": tf.zeros((2, 7, 1))})
+  # The state must have the queries' batch size, all six tensors the same.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="read: the batch size B of memory must be that of queries"):
+    read(queries=queries[:1], iterations=tf.constant(1), seed=seed, **state)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="generate: the batch size B of precedence must be that of memory"):
+    generate(num_samples=tf.constant(1), iterations=tf.constant(0), seed=seed,
+             **{**state, "precedence": state["precedence"][:1]})
+  with pytest.raises(tf.errors.InvalidArgumentError, match="read: iterations must be >= 1"):
+    read(queries=queries, iterations=tf.constant(0), seed=seed, **state)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="generate: iterations must be >= 0"):
+    generate(num_samples=tf.constant(1), iterations=tf.constant(-1), seed=seed, **state)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="generate: num_samples must be >= 1"):
+    generate(num_samples=tf.constant(0), iterations=tf.constant(0), seed=seed, **state)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"tensor seed \[3\] is not compatible with expected shape \[2\]"):
+    generate(num_samples=tf.constant(1), iterations=tf.constant(0),
+             seed=tf.constant([0, 0, 0]), **state)
+  # The restored tf.function checks its input signature.
+  with pytest.raises(TypeError, match=r"\(None, 7, 4\)"):
+    served.read(queries, tf.zeros((2, 7, 6)), *[state[n] for n in DNC_STATE[1:]],
+                tf.constant(1), seed)
 
 
 def test_functions_are_traced_once(models, inputs):

@@ -1,6 +1,8 @@
 """Tests of kanerva_tf.runs: checkpoint discovery and restore (damaged checkpoints), writable
-workdirs, restore_model. Training-level resume tests are in test_training.py."""
+workdirs, restore_model, the DNC's sizes in config.json (restored, and checked on resume by
+kanerva_tf.training). Training-level resume tests are in test_training.py."""
 
+import json
 import logging
 import os
 
@@ -10,6 +12,9 @@ import tensorflow as tf
 
 import kanerva_tf as kt
 from kanerva_tf import runs
+from kanerva_tf import training
+from kanerva_tf.dnc_model import DNCConfig
+from kanerva_tf.dnc_model import DNCMachine
 
 TINY = kt.ModelConfig.omniglot(code_size=6, memory_size=5, address_size=4, num_filters=4,
                                y_size=3, mlp_hidden_size=8, episode_length=4)
@@ -163,6 +168,96 @@ def test_restore_model_skips_a_damaged_newest_checkpoint(tmp_path):
   np.testing.assert_array_equal(restored.variables[0].numpy(), weights[3])
   with pytest.raises(runs.CheckpointError, match="ckpt-5 does not restore"):
     runs.restore_model(workdir, checkpoint=manager.latest_checkpoint)
+
+
+# ----------------------------------------------------------------------------- the DNC's sizes
+TINY_DNC = DNCConfig(num_reads=2, word_size=4, memory_slots=7, controller_hidden_size=8)
+
+
+def _dnc_run(workdir, dnc_config, recorded=True):
+  """A DNC run directory with one checkpoint (step 2); config.json records `dnc_config`
+  under "dnc" (recorded=False: no "dnc" entry, as runs before it existed)."""
+  run_config = {"model_type": "dnc", "model": TINY.to_dict(), "data": {"dataset": "omniglot"}}
+  if recorded:
+    run_config["dnc"] = dnc_config.to_dict()
+  runs.save_run_config(workdir, run_config)
+  model = runs.build_model("dnc", TINY, dnc_config)
+  model(tf.zeros((1, 2) + TINY.image_shape))
+  for i, v in enumerate(model.variables):
+    v.assign(tf.random.stateless_normal(v.shape, (i, 3)))
+  tf.train.Checkpoint(model_variables=runs.checkpointed_variables(model),
+                      step=tf.Variable(2, dtype=tf.int64)).save(
+                          os.path.join(runs.checkpoint_dir(workdir), "ckpt"))
+  return model
+
+
+def test_build_model_takes_a_dnc_config_for_the_dnc_only():
+  model = runs.build_model("dnc", TINY, TINY_DNC)
+  assert isinstance(model, DNCMachine) and model.dnc_config == TINY_DNC
+  assert (model.memory_slots, model.word_size, model.num_reads) == (7, 4, 2)
+  assert runs.build_model("dnc", TINY).dnc_config == DNCConfig()
+  with pytest.raises(ValueError, match="DNCConfig sets the sizes of the DNC baseline"):
+    runs.build_model("kanerva", TINY, TINY_DNC)
+
+
+def test_dnc_config_of_a_run_and_its_defaults_for_old_runs():
+  assert runs.dnc_config_of({"model_type": "dnc", "dnc": TINY_DNC.to_dict()}) == TINY_DNC
+  assert runs.dnc_config_of({"model_type": "dnc"}) == DNCConfig()   # before "dnc" existed
+  assert runs.dnc_config_of({"model_type": "kanerva"}) is None
+  with pytest.raises(ValueError, match="DNCConfig: unknown fields"):
+    runs.dnc_config_of({"model_type": "dnc", "dnc": {"num_heads": 2}})
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_restore_model_rebuilds_the_dnc_with_its_recorded_sizes(tmp_path, recorded):
+  """With "dnc" in config.json, its sizes; without (an old run), the default DNCConfig."""
+  dnc_config = TINY_DNC if recorded else DNCConfig(controller_hidden_size=200)
+  workdir = str(tmp_path / "run")
+  model = _dnc_run(workdir, dnc_config, recorded)
+  restored, run_config, step = runs.restore_model(workdir)
+  assert step == 2 and isinstance(restored, DNCMachine)
+  assert restored.dnc_config == dnc_config and ("dnc" in run_config) == recorded
+  for a, b in zip(restored.variables, model.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_dnc_run_resumes_only_with_the_same_sizes(tmp_path):
+  """training._check_run_config (train_and_evaluate's check before anything is trained)."""
+  workdir = str(tmp_path / "run")
+
+  def run_config(dnc_config):  # in the form it takes in config.json, as train_and_evaluate's
+    return json.loads(json.dumps(
+        {"model_type": "dnc", "model": TINY.to_dict(), "data": {"dataset": "omniglot"},
+         "train": {}, **({"dnc": dnc_config.to_dict()} if dnc_config else {})}))
+
+  training._check_run_config(workdir, run_config(TINY_DNC))  # pylint: disable=protected-access
+  assert runs.load_run_config(workdir)["dnc"] == TINY_DNC.to_dict()
+  training._check_run_config(workdir, run_config(TINY_DNC))  # pylint: disable=protected-access
+  other = DNCConfig(num_reads=3, word_size=4, memory_slots=7, controller_hidden_size=8)
+  with pytest.raises(ValueError, match=r"different DNC config \(--dnc_\* flags\) \(num_reads: "
+                     r"saved 2, now 3\)\. Resume it with the same settings"):
+    training._check_run_config(workdir, run_config(other))  # pylint: disable=protected-access
+  # None stands for the Kanerva memory's size: word_size=None is C = 6, not 4.
+  with pytest.raises(ValueError, match="word_size: saved 4, now 6"):
+    training._check_run_config(  # pylint: disable=protected-access
+        workdir, run_config(DNCConfig(num_reads=2, memory_slots=7, controller_hidden_size=8)))
+  # ... and equal to it, the same model: resumes.
+  training._check_run_config(  # pylint: disable=protected-access
+      workdir, run_config(DNCConfig(num_reads=2, word_size=4, memory_slots=7,
+                                    controller_hidden_size=8)))
+  # An old run without "dnc" was trained with the default sizes.
+  old = str(tmp_path / "old")
+  runs.save_run_config(old, run_config(None))
+  training._check_run_config(old, run_config(DNCConfig()))  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="controller_hidden_size: saved 200, now 8"):
+    training._check_run_config(old, run_config(TINY_DNC))  # pylint: disable=protected-access
+
+
+def test_train_and_evaluate_refuses_a_dnc_config_for_another_model(tmp_path):
+  with pytest.raises(ValueError, match="needs model_type 'dnc'; got model_type 'vae'"):
+    training.train_and_evaluate(TINY, training.TrainConfig(model_type="vae"),
+                                str(tmp_path / "run"), dnc_config=TINY_DNC)
+  assert not os.path.exists(tmp_path / "run")
 
 
 # ----------------------------------------------------------------------------- workdir
