@@ -54,12 +54,14 @@ def checkpointed_variables(model):
   return [getattr(v, "value", v) for v in model.variables]
 
 
-def build_model(model_type, config):
+def build_model(model_type, config, precision="float32"):
   """A `KanervaMachine` ("kanerva"), `VAE` ("vae") or `DNCMachine` ("dnc", the DNC
-  baseline with the default `DNCConfig`) for `config`."""
+  baseline with the default `DNCConfig`) for `config`, its encoder and decoder computing
+  in `precision` ("float32" or "bfloat16", `TrainConfig.precision`; the variables are
+  float32 either way, so a checkpoint restores into either)."""
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type must be one of {sorted(MODEL_TYPES)}; got {model_type!r}.")
-  return MODEL_TYPES[model_type](config, name=model_type)
+  return MODEL_TYPES[model_type](config, name=model_type, precision=precision)
 
 
 def save_run_config(workdir, run_config):
