@@ -104,8 +104,10 @@ def test_nan_loss_never_overwrites_a_good_checkpoint(mock_omniglot, tmp_path, mo
   before = {p: os.path.getmtime(os.path.join(ckpt_dir, p)) for p in os.listdir(ckpt_dir)}
   original_call = model_lib.KanervaMachine.call
 
-  def nan_call(self, *args, **kwargs):
-    out = original_call(self, *args, **kwargs)
+  # seed named: Keras refuses a **kwargs argument that mixes tensors (the seed) and Python
+  # values (the step's check_inputs / diagnostics flags).
+  def nan_call(self, *args, seed=None, **kwargs):
+    out = original_call(self, *args, seed=seed, **kwargs)
     return {k: v * np.nan for k, v in out.items()}
 
   monkeypatch.setattr(model_lib.KanervaMachine, "call", nan_call)
