@@ -125,6 +125,7 @@ def define_flags(fv=FLAGS):
   train_flag("collective_timeout_seconds", lower_bound=0.)
   train_flag("steps_per_call", lower_bound=1)
   train_flag("jit_compile")
+  train_flag("precision")
   for field in ("log_every", "checkpoint_every", "eval_every"):
     train_flag(field, lower_bound=0)
   train_flag("eval_batches", lower_bound=1)

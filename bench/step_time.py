@@ -3,11 +3,15 @@ r"""Training-step time of the Kanerva Machine vs the matched VAE (and inference 
   python bench/step_time.py                 # Omniglot preset, B=16, T=32, oneDNN on and off
   python bench/step_time.py --quick         # tiny smoke run (< 1 minute)
 
-What is timed is the function `train.py` runs (`training.make_train_function`: forward,
-backward and Adam update, `--steps` steps per `tf.function` call) on random binary episodes,
-so the input pipeline is not included. Configurations (`--configs`): `vae`, `kanerva`
-(default batch write), `kanerva_online` (one observation at a time, section 3.3),
-`kanerva_chunk8`, the same with `_jit` (XLA), each also as `cifar_<config>` on the CIFAR-10
+What is timed is the function `train.py` runs on the steps whose metrics it does not log
+(`training.make_train_function` with `diagnostics=False`, `check_inputs=False`: forward,
+backward and Adam update, without the `kl_memory` diagnostic and the in-graph input checks,
+which `train.py` runs in its input pipeline; `--steps` steps per `tf.function` call) on
+random binary episodes, so the input pipeline is not included. Configurations (`--configs`):
+`vae`, `kanerva` (default batch write), `kanerva_online` (one observation at a time,
+section 3.3), `kanerva_chunk8`, the same with `_jit` (XLA), `vae_bf16` and `kanerva_bf16`
+(`TrainConfig.precision="bfloat16"`: the encoder and decoder under Keras' mixed_bfloat16
+policy), each also as `cifar_<config>` on the CIFAR-10
 preset (ratios to `cifar_vae`), and `kanerva_before`: the default Kanerva
 Machine with the two code changes the profile led to undone (einsum addressing, no-op decoder
 slices; see `_undo_profile_fixes`), so that with `--onednn 1,0` one run times the code before
@@ -26,6 +30,7 @@ compared with the matmul peak measured in the same run (bench/matmul_peak.py).
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -35,7 +40,8 @@ import sys
 import time
 
 _OMNIGLOT_CONFIGS = ("vae", "kanerva", "kanerva_online", "kanerva_chunk8", "vae_jit",
-                     "kanerva_jit", "kanerva_online_jit", "kanerva_before")
+                     "kanerva_jit", "kanerva_online_jit", "kanerva_before", "vae_bf16",
+                     "kanerva_bf16")
 # cifar_<config>: the same on the CIFAR-10 preset (32x32x3, K=128, C=200, 32 filters).
 ALL_CONFIGS = _OMNIGLOT_CONFIGS + tuple("cifar_" + c for c in _OMNIGLOT_CONFIGS
                                         if c != "kanerva_before")
@@ -70,16 +76,18 @@ def _worker(args):
     model_cfg = kt.ModelConfig.from_dict({**cfg.to_dict(), **overrides})
     keras.utils.set_random_seed(0)
     is_vae = name.removeprefix("cifar_").startswith("vae")
-    model = kt.VAE(model_cfg) if is_vae else kt.KanervaMachine(model_cfg)
+    precision = "bfloat16" if name.endswith("_bf16") else "float32"
+    model = (kt.VAE if is_vae else kt.KanervaMachine)(model_cfg, precision=precision)
     if name == "kanerva_before":
       _undo_profile_fixes(tf, model)
     model(tf.constant(x[:1]))
     optimizer = keras.optimizers.Adam(1e-4)
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)
-    fn = training.make_train_function(
+    fn = functools.partial(training.make_train_function(
         tf.distribute.get_strategy(), model, optimizer, step, keys=("loss",),
-        global_batch_size=args.batch_size, seed=0, jit_compile=name.endswith("_jit"))
+        global_batch_size=args.batch_size, seed=0, jit_compile=name.endswith("_jit"),
+        check_inputs=False), diagnostics=False)  # as train.py's unlogged steps
     iterator = iter(tf.data.Dataset.from_tensors(x).repeat())
     num_steps = tf.constant(args.steps)
     t0 = time.perf_counter()
@@ -145,7 +153,7 @@ def _flops(tf, model, optimizer, x, seed):
   @tf.function
   def step(x, seed):
     with tf.GradientTape() as tape:
-      loss = model(x, training=True, seed=seed)["loss"]
+      loss = model(x, training=True, seed=seed, diagnostics=False, check_inputs=False)["loss"]
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
     return loss
 

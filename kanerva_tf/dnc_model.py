@@ -189,7 +189,8 @@ class DNCMachine(_GenerativeModel):
   @classmethod
   def from_config(cls, config):
     return cls(ModelConfig.from_dict(config["config"]),
-               DNCConfig.from_dict(config.get("dnc", {})), name=config.get("name"))
+               DNCConfig.from_dict(config.get("dnc", {})), name=config.get("name"),
+               precision=config.get("precision", "float32"))
 
   # -- the memory
   def initial_state(self, batch_size):
@@ -230,20 +231,23 @@ class DNCMachine(_GenerativeModel):
     return _sample_normal(mean, tf.fill(tf.shape(mean), self.prior_scale), seed), mean
 
   # -- the loss
-  def call(self, episode, training=False, seed=None, dequantize=None, kl_y_weight=None):
+  def call(self, episode, training=False, seed=None, dequantize=None, kl_y_weight=None,
+           diagnostics=True, check_inputs=True):
     """Minus the bound per image for episodes `[B, T, H, W, D]` (class docstring, "The loss").
 
     `kl_y_weight` (None = 1) weighs KL(y) in `loss` and `per_example_loss` as in
-    `KanervaMachine.call`; the reported `kl_y` is unweighted.
+    `KanervaMachine.call`; the reported `kl_y` is unweighted. `diagnostics` is accepted as
+    by `KanervaMachine.call` (no diagnostic terms here); `check_inputs=False` skips the
+    run-time value checks of the images.
 
     Returns:
       dict of scalars (means over B and T, nats per image): `loss`, `reconstruction`
       (-ln p(x|z)), `kl_y`, `kl_z` (0), and `per_example_loss` `[B]` (mean over T).
     """
-    x = self.check_images(episode)
+    x = self.check_images(episode, check_values=check_inputs)
     seeds = samplers.split_seed(stateless_seed(seed), 5)
     x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
-    embedding = self.encoder(x)                                         # [B, T, 2C]
+    embedding = self.embed(x)                                         # [B, T, 2C]
     mean_y, scale_y = self.q_y_params(embedding, training, seeds[1])   # [B, T, Y]
     state = self._write(embedding, mean_y, scale_y, seeds[2])
     y = _sample_normal(mean_y, scale_y, seeds[3])                      # read [B, T, Y]
@@ -266,7 +270,7 @@ class DNCMachine(_GenerativeModel):
     """Writes episodes `[B, T, H, W, D]` into the empty DNC memory: the final `DNCState`."""
     x = self.check_images(episode)
     seeds = samplers.split_seed(stateless_seed(seed), 2)
-    embedding = self.encoder(x)
+    embedding = self.embed(x)
     mean_y, scale_y = self.q_y_params(embedding, False, None)
     return self._write(embedding, mean_y, scale_y, seeds[0])
 
@@ -287,7 +291,7 @@ class DNCMachine(_GenerativeModel):
 
     def body(i, x, outputs):
       y_seed, z_seed, x_seed = tf.unstack(samplers.split_seed(samplers.fold_in(seed, i), 3))
-      mean_y, scale_y = self.q_y_params(self.encoder(x), False, None)
+      mean_y, scale_y = self.q_y_params(self.embed(x), False, None)
       z, _ = self._read_code(_sample_normal(mean_y, scale_y, y_seed), state, z_seed)
       params = self.decode(z)
       return i + 1, self.sample_images(params, x_seed), outputs.write(i, params["mean"])

@@ -117,7 +117,7 @@ def _iw_fn(model, num_samples, chunk):
       model = model_ref()
       seeds = samplers.split_seed(seed, 3)
       x = model._dequantize(x, dequantize, seeds[0])
-      embedding = model.encoder(x)                                     # [B, T, 2C]
+      embedding = model.embed(x)                                     # [B, T, 2C]
       if is_km:
         # Write once: y ~ q(y|x), z ~ q(z|x) -> q(M|X) (model.write on the dequantised x,
         # which model.write's [0, 1] input check would reject).
@@ -324,7 +324,7 @@ def address_diagnostics(model, episode, seed=0):
   require_model(model, "address_diagnostics")
   x = model.check_images(episode)
   seeds = samplers.split_seed(stateless_seed(seed), 2)
-  embedding = model.encoder(x)                                        # [B, T, 2C]
+  embedding = model.embed(x)                                        # [B, T, 2C]
   mean_y, scale_y = model.q_y_params(embedding, False, seeds[0])      # [B, T, Y]
   ys = mean_y + scale_y * tf.random.stateless_normal(
       tf.concat([[2], tf.shape(mean_y)], 0), seeds[1])                # [2, B, T, Y]

@@ -22,9 +22,12 @@ from kanerva_tf.memory import KanervaMemory
 
 tfd = tfp.distributions
 
-__all__ = ["KanervaMachine", "VAE", "stateless_seed", "diag_normal_kl", "bernoulli_log_prob", "gaussian_log_prob"]
+__all__ = ["KanervaMachine", "VAE", "PRECISIONS", "check_image_values", "stateless_seed", "diag_normal_kl", "bernoulli_log_prob", "gaussian_log_prob"]
 
 _MIN_SCALE = MIN_SCALE
+# `precision` of a model -> the Keras dtype policy of its encoder and decoder networks.
+PRECISIONS = ("float32", "bfloat16")
+_NETWORK_POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 _LOG_2PI = float(np.log(2. * np.pi))
 
 
@@ -88,41 +91,81 @@ def iterate(body, iterations, loop_vars):
   return tf.while_loop(lambda i, *_: i < iterations, body, loop_vars)
 
 
+def check_image_values(images, what="episode", owner="kanerva_tf"):
+  """`images` (float32) after run-time checks that they are finite and in [0, 1].
+
+  The value checks of `_GenerativeModel.check_images`, also run on the host by the training
+  input pipeline (`kanerva_tf.training`), so that the training step need not.
+
+  Raises:
+    tf.errors.InvalidArgumentError: "<owner>: <what> contains NaN or Inf.", or "<owner>:
+      <what> values must be in [0, 1]" (when the tensor is evaluated).
+  """
+  x = tf.convert_to_tensor(images)
+  with tf.control_dependencies([
+      tf.debugging.assert_all_finite(x, f"{owner}: {what} contains NaN or Inf."),
+      tf.debugging.assert_greater_equal(x, 0., message=f"{owner}: {what} values must be in "
+                                        "[0, 1]; got a value < 0"),
+      tf.debugging.assert_less_equal(x, 1., message=f"{owner}: {what} values must be in "
+                                     "[0, 1]; got a value > 1"),
+  ]):
+    return tf.identity(x)
+
+
 # ----------------------------------------------------------------------------- shared base
 class _GenerativeModel(keras_fit.KerasFit, keras.Model):
   """Encoder, decoder, likelihood and input checks shared by `KanervaMachine` and `VAE`;
   Keras `compile` / `fit` / `evaluate` / `save` (`kanerva_tf.keras_fit`)."""
 
-  def __init__(self, config=None, **kwargs):
+  # Scalars of `call` computed only with `diagnostics=True` (not in the loss).
+  diagnostic_terms = ()
+
+  def __init__(self, config=None, precision="float32", **kwargs):
+    """`precision` (`PRECISIONS`): "float32", or "bfloat16": the encoder and decoder
+    networks (the convolutions and their dense projections) run under Keras'
+    "mixed_bfloat16" policy, bfloat16 computation with float32 variables, while everything
+    else stays float32: `embed` and `decode` cast the networks' outputs to float32, so the
+    memory's write and read (eq. 9-11, 6), the KLs and the likelihood (eq. 12) are float32."""
     super().__init__(**kwargs)
     if config is None:
       config = ModelConfig()
     if not isinstance(config, ModelConfig):
       raise TypeError(f"{type(self).__name__} needs a kanerva_tf.ModelConfig; got {config!r}.")
+    if precision not in PRECISIONS:
+      raise ValueError(f"{type(self).__name__}: precision must be one of {PRECISIONS}; "
+                       f"got {precision!r}.")
     self.config = config
+    self.precision = precision
+    policy = _NETWORK_POLICY[precision]
     c = config.code_size
     image_channels = config.image_shape[-1]
     # Embedding e(x) of size 2C (Appendix C); for the VAE it is (mean, scale) of q(z|x).
     init = config.kernel_initializer
     self.encoder = networks.Encoder(config.num_filters, 2 * c, config.image_shape,
-                                    kernel_initializer=init, name="encoder")
+                                    kernel_initializer=init, name="encoder", dtype=policy)
     # Bernoulli: logits [.., D]; Gaussian: mean and scale per pixel [.., 2D].
     out = image_channels if config.likelihood == "bernoulli" else 2 * image_channels
     self.decoder = networks.Decoder(config.num_filters, config.image_shape,
                                     output_channels=out, kernel_initializer=init,
-                                    name="decoder")
+                                    name="decoder", dtype=policy)
 
   # -- keras plumbing
   def get_config(self):
-    return {"name": self.name, "config": self.config.to_dict()}
+    return {"name": self.name, "config": self.config.to_dict(), "precision": self.precision}
 
   @classmethod
   def from_config(cls, config):
-    return cls(ModelConfig.from_dict(config["config"]), name=config.get("name"))
+    return cls(ModelConfig.from_dict(config["config"]), name=config.get("name"),
+               precision=config.get("precision", "float32"))
 
   # -- inputs
-  def check_images(self, images, rank=5, what="episode"):
+  def check_images(self, images, rank=5, what="episode", check_values=True):
     """Checks images `[B, T, H, W, D]` (rank 5) or `[B, H, W, D]` (rank 4) and returns them.
+
+    `check_values=False` skips the run-time value checks (NaN/Inf, [0, 1]): for callers whose
+    input is already checked, e.g. the training step, whose input pipeline checks every
+    batch on the host (`check_image_values`, `kanerva_tf.training`); the static checks
+    (dtype, rank, shape) always run.
 
     Raises:
       TypeError: not float32 (no silent casting: convert uint8 with `tf.cast(x, tf.float32) / 255`).
@@ -146,12 +189,14 @@ class _GenerativeModel(keras_fit.KerasFit, keras.Model):
           f"{type(self).__name__}: {what} images must have shape (H, W, D) = "
           f"{self.config.image_shape} (ModelConfig.image_shape); got {got} in {layout} "
           f"shape {x.shape}.")
-    with tf.control_dependencies([
-        tf.debugging.assert_all_finite(x, f"{type(self).__name__}: {what} contains NaN or Inf."),
-        tf.debugging.assert_greater_equal(x, 0., message=f"{what} values must be in [0, 1]"),
-        tf.debugging.assert_less_equal(x, 1., message=f"{what} values must be in [0, 1]"),
-    ]):
-      return tf.identity(x)
+    if not check_values:
+      return x
+    return check_image_values(x, what, type(self).__name__)
+
+  def embed(self, x):
+    """The encoder's embedding e(x) `[..., 2C]` of images `[..., H, W, D]`, in float32
+    whatever the encoder computes in (`precision`): the memory and the KLs are float32."""
+    return tf.cast(self.encoder(x), tf.float32)
 
   def _dequantize(self, x, dequantize, seed):
     """Uniform U(0, 1/256) noise on Gaussian-likelihood inputs (Appendix C)."""
@@ -164,7 +209,7 @@ class _GenerativeModel(keras_fit.KerasFit, keras.Model):
     """Decoder output for codes `[..., C]`: a dict with 'mean' `[..., H, W, D]` (Bernoulli
     probabilities, or the Gaussian mean clipped to [0, 1]) and the likelihood parameters
     ('logits', or 'loc' and 'scale')."""
-    out = self.decoder(z)
+    out = tf.cast(self.decoder(z), tf.float32)  # the likelihood in float32
     if self.config.likelihood == "bernoulli":
       return {"logits": out, "mean": tf.sigmoid(out)}
     loc, raw = tf.split(out, 2, axis=-1)
@@ -201,17 +246,21 @@ class VAE(_GenerativeModel):
   `-log p(x|z) + KL(q(z|x) || N(0, I))`.
   """
 
-  def call(self, episode, training=False, seed=None, dequantize=None):
+  def call(self, episode, training=False, seed=None, dequantize=None, diagnostics=True,
+           check_inputs=True):
     """Negative bound of eq. 1 per sample, for episodes `[B, T, H, W, D]` (T ignored).
+
+    `diagnostics` is accepted as by `KanervaMachine.call` (the VAE has no diagnostic terms);
+    `check_inputs=False` skips the run-time value checks of the images (`check_images`).
 
     Returns:
       dict of scalars `loss`, `reconstruction`, `kl_z` (means over B, T, in nats) and
       `per_example_loss` `[B]` (mean over T).
     """
-    x = self.check_images(episode)
+    x = self.check_images(episode, check_values=check_inputs)
     seeds = samplers.split_seed(stateless_seed(seed), 2)
     x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
-    mean, scale = _split_normal(self.encoder(x))                     # [B, T, C]
+    mean, scale = _split_normal(self.embed(x))                     # [B, T, C]
     z = _sample_normal(mean, scale, seeds[1])
     reconstruction = -self.log_likelihood(x, self.decode(z))        # [B, T]
     kl_z = diag_normal_kl(mean, scale, tf.zeros_like(mean), tf.ones_like(scale))  # [B, T]
@@ -226,7 +275,7 @@ class VAE(_GenerativeModel):
   def reconstruct(self, episode, seed=None):
     """Mean reconstructions `[B, T, H, W, D]` through z ~ q(z|x)."""
     x = self.check_images(episode)
-    mean, scale = _split_normal(self.encoder(x))
+    mean, scale = _split_normal(self.embed(x))
     return self.decode(_sample_normal(mean, scale, stateless_seed(seed)))["mean"]
 
   def generate(self, num_samples, iterations=0, seed=None):
@@ -244,7 +293,7 @@ class VAE(_GenerativeModel):
     def body(i, params, outputs):
       x_seed, z_seed = tf.unstack(samplers.split_seed(samplers.fold_in(seed, i), 2))
       x = self.sample_images(params, x_seed)
-      mean, scale = _split_normal(self.encoder(x))
+      mean, scale = _split_normal(self.embed(x))
       params = self.decode(_sample_normal(mean, scale, z_seed))
       return i + 1, params, outputs.write(i + 1, params["mean"])
 
@@ -272,6 +321,7 @@ class KanervaMachine(_GenerativeModel):
   """
 
   loss_terms = ("loss", "reconstruction", "kl_y", "kl_z", "kl_memory")  # scalars of `call`
+  diagnostic_terms = ("kl_memory",)  # only with call(..., diagnostics=True)
 
   def __init__(self, config=None, **kwargs):
     super().__init__(config, **kwargs)
@@ -399,8 +449,17 @@ class KanervaMachine(_GenerativeModel):
     return dict(mean_y=mean_y, scale_y=scale_y, w=w, prior_mean=prior_mean,
                 prior_scale=prior_scale, mean_z=mean_z, scale_z=scale_z, z=z)
 
-  def call(self, episode, training=False, seed=None, dequantize=None, kl_y_weight=None):
+  def call(self, episode, training=False, seed=None, dequantize=None, kl_y_weight=None,
+           diagnostics=True, check_inputs=True):
     """Negative bound of eq. 12 divided by T, for episodes `[B, T, H, W, D]`.
+
+    `diagnostics` (a Python bool: a separate trace inside a `tf.function`): with False, the
+    terms outside the loss (`diagnostic_terms`: `kl_memory`, KL(q(M|X) || p(M)) / T, a
+    matrix-normal KL with a log-determinant of the K x K U per episode) are not computed
+    and are absent from the result; the loss and its gradients are the same. The training
+    loop passes False on the steps whose metrics it does not log. `check_inputs=False`
+    skips the run-time value checks of the images (`check_images`), for input checked
+    already (the training input pipeline).
 
     `kl_y_weight` (None = 1) weighs KL(y) in `loss` and `per_example_loss` (a training-time
     warm-up, `TrainConfig.kl_y_warmup_steps`; with a weight other than 1 the loss is not
@@ -413,12 +472,12 @@ class KanervaMachine(_GenerativeModel):
     Returns:
       dict of scalars (means over B and T, nats per sample): `loss`, `reconstruction`
       (-log p(x|z)), `kl_y`, `kl_z`, `kl_memory` (KL(q(M|X) || p(M)) / T, a diagnostic not in
-      the loss, as in eq. 12) and `per_example_loss` `[B]`.
+      the loss, as in eq. 12; only with `diagnostics`) and `per_example_loss` `[B]`.
     """
-    x = self.check_images(episode)
+    x = self.check_images(episode, check_values=check_inputs)
     seeds = samplers.split_seed(stateless_seed(seed), 4)
     x = self._dequantize(x, training if dequantize is None else dequantize, seeds[0])
-    embedding = self.encoder(x)                                        # [B, T, 2C]
+    embedding = self.embed(x)                                        # [B, T, 2C]
     y_seeds = samplers.split_seed(seeds[1], 3)
     mean_y, scale_y = self.q_y_params(embedding, training, y_seeds[0])  # [B, T, Y]
     w_write = self.write_weights(mean_y, scale_y, y_seeds[1])         # [B, T, K]
@@ -434,16 +493,18 @@ class KanervaMachine(_GenerativeModel):
                           tf.broadcast_to(prior_scale, tf.shape(prior_mean)))  # [B, T]
     weighted_kl_y = kl_y if kl_y_weight is None else kl_y_weight * kl_y
     per_example = tf.reduce_mean(reconstruction + weighted_kl_y + kl_z, axis=-1)  # [B]
-    episode_length = tf.cast(tf.shape(x)[1], tf.float32)
-    kl_memory = tfd.kl_divergence(memory, prior) / episode_length     # [B]
-    return {
+    out = {
         "loss": tf.reduce_mean(per_example),
         "per_example_loss": per_example,
         "reconstruction": tf.reduce_mean(reconstruction),
         "kl_y": tf.reduce_mean(kl_y),
         "kl_z": tf.reduce_mean(kl_z),
-        "kl_memory": tf.reduce_mean(kl_memory),
     }
+    if diagnostics:
+      episode_length = tf.cast(tf.shape(x)[1], tf.float32)
+      kl_memory = tfd.kl_divergence(memory, prior) / episode_length   # [B]
+      out["kl_memory"] = tf.reduce_mean(kl_memory)
+    return out
 
   # -- the user API: write, read, generate, interpolate
   def write(self, episode, seed=None):
@@ -454,7 +515,7 @@ class KanervaMachine(_GenerativeModel):
     """
     x = self.check_images(episode)
     seeds = samplers.split_seed(stateless_seed(seed), 3)
-    embedding = self.encoder(x)
+    embedding = self.embed(x)
     mean_y, scale_y = self.q_y_params(embedding, False, seeds[0])
     return self._write(embedding, self.write_weights(mean_y, scale_y, seeds[1]), seeds[2])
 
@@ -488,7 +549,7 @@ class KanervaMachine(_GenerativeModel):
 
     def body(i, x, outputs):
       step_seed, sample_seed = tf.unstack(samplers.split_seed(samplers.fold_in(seed, i), 2))
-      step = self._read_step(self.encoder(x), memory, False, step_seed)
+      step = self._read_step(self.embed(x), memory, False, step_seed)
       params = self.decode(step["z"])
       return i + 1, self.sample_images(params, sample_seed), outputs.write(i, params["mean"])
 
@@ -542,7 +603,7 @@ class KanervaMachine(_GenerativeModel):
     """
     pair = tf.stack([self.check_images(images_a, 4, "images_a"),
                      self.check_images(images_b, 4, "images_b")], axis=1)  # [B, 2, H, W, D]
-    mean_y, _ = self.q_y_params(self.encoder(pair), False, None)
+    mean_y, _ = self.q_y_params(self.embed(pair), False, None)
     w = self.addressing_weights(mean_y)                                     # [B, 2, K]
     alpha = tf.linspace(0., 1., num_steps)[:, tf.newaxis]                   # [steps, 1]
     w = (1. - alpha) * w[:, :1] + alpha * w[:, 1:]                          # [B, steps, K]

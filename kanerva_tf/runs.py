@@ -56,9 +56,12 @@ def checkpointed_variables(model):
   return [getattr(v, "value", v) for v in model.variables]
 
 
-def build_model(model_type, config, dnc_config=None):
+def build_model(model_type, config, dnc_config=None, precision="float32"):
   """A `KanervaMachine` ("kanerva"), `VAE` ("vae") or `DNCMachine` ("dnc", the DNC
-  baseline with the sizes of `dnc_config`, a `DNCConfig`; None: the default) for `config`.
+  baseline with the sizes of `dnc_config`, a `DNCConfig`; None: the default) for `config`,
+  its encoder and decoder computing in `precision` ("float32" or "bfloat16",
+  `TrainConfig.precision`; the variables are float32 either way, so a checkpoint restores
+  into either).
 
   Raises:
     ValueError: an unknown `model_type`, or a `dnc_config` for another model than "dnc".
@@ -66,11 +69,11 @@ def build_model(model_type, config, dnc_config=None):
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type must be one of {sorted(MODEL_TYPES)}; got {model_type!r}.")
   if model_type == "dnc":
-    return DNCMachine(config, dnc_config, name=model_type)
+    return DNCMachine(config, dnc_config, name=model_type, precision=precision)
   if dnc_config is not None:
     raise ValueError(f"A DNCConfig sets the sizes of the DNC baseline (model_type 'dnc'); "
                      f"got one for model_type {model_type!r}.")
-  return MODEL_TYPES[model_type](config, name=model_type)
+  return MODEL_TYPES[model_type](config, name=model_type, precision=precision)
 
 
 def dnc_config_of(run_config):

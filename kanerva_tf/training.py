@@ -38,6 +38,7 @@ loss and update as one process with as many replicas:
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -58,10 +59,12 @@ from kanerva_tf import runs
 from kanerva_tf.config import VAE_FIELDS, ModelConfig
 from kanerva_tf.dnc_model import DNCConfig
 from kanerva_tf.keras_fit import replica_seed  # the seeds of Keras fit's steps too
+from kanerva_tf.model import PRECISIONS, check_image_values
 
 __all__ = ["TrainConfig", "STRATEGIES", "COLLECTIVE_IMPLEMENTATIONS", "Interrupted",
            "WorkerLostError", "WorkerTask", "multi_worker_task", "make_strategy",
-           "worker_dataset_fn", "make_train_function", "replica_seed", "train_and_evaluate"]
+           "worker_dataset_fn", "make_train_function", "check_episodes", "replica_seed",
+           "train_and_evaluate"]
 
 STRATEGIES = ("mirrored", "one_device", "default", "multi_worker")
 # tf.distribute.experimental.CommunicationImplementation of the multi-worker all-reduce.
@@ -144,11 +147,16 @@ class TrainConfig:
       KL(q(y|x) || p(y)) by min(1, step / kl_y_warmup_steps), so that addresses can become
       image-dependent before they are charged in full (RESULTS.md); from that step on the
       loss is eq. 12. Evaluations always use eq. 12. Int >= 0. Default: `0`.
+    precision: the computation of the encoder and decoder networks: "float32", or
+      "bfloat16" (Keras' "mixed_bfloat16" policy: bfloat16 convolutions and dense layers,
+      float32 variables); the memory's write and read (eq. 9-11, 6), the KLs and the
+      likelihood of the loss (eq. 12) stay float32 (`kanerva_tf.model.PRECISIONS`). The
+      variables and checkpoints are float32 either way. Default: `"float32"`.
   """
   # The allowed values of the fields that take one of a few strings (train.py's enum flags).
   CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {
       "model_type": tuple(runs.MODEL_TYPES), "strategy": STRATEGIES,
-      "collective_implementation": COLLECTIVE_IMPLEMENTATIONS}
+      "collective_implementation": COLLECTIVE_IMPLEMENTATIONS, "precision": PRECISIONS}
 
   model_type: str = "kanerva"
   dataset: str = "omniglot"
@@ -176,6 +184,7 @@ class TrainConfig:
   kl_y_warmup_steps: int = 0
   collective_timeout_seconds: float = 0.0
   collective_implementation: str = "auto"
+  precision: str = "float32"
 
   def __post_init__(self):
     if self.model_type not in runs.MODEL_TYPES:
@@ -207,6 +216,8 @@ class TrainConfig:
     if self.collective_implementation not in COLLECTIVE_IMPLEMENTATIONS:
       raise ValueError(f"collective_implementation must be one of {COLLECTIVE_IMPLEMENTATIONS}; "
                        f"got {self.collective_implementation!r}.")
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}.")
     if self.strategy != "multi_worker" and (timeout or self.collective_implementation != "auto"):
       raise ValueError("collective_timeout_seconds and collective_implementation apply to "
                        f"strategy='multi_worker' only; got strategy={self.strategy!r}.")
@@ -446,8 +457,9 @@ def _log_images(model, model_type, episode, step, seed):
 
 
 def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_size, seed,
-                        jit_compile=False, kl_y_warmup_steps=0):
-  """A `tf.function(iterator, num_steps)` running `num_steps` distributed training steps.
+                        jit_compile=False, kl_y_warmup_steps=0, check_inputs=True):
+  """A `tf.function(iterator, num_steps, diagnostics=True)` running `num_steps` distributed
+  training steps.
 
   Each replica computes its per-episode losses `[B / replicas]`, averages them over the
   *global* batch (`tf.nn.compute_average_loss`) and applies its gradients with the Keras
@@ -455,16 +467,28 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
   `step` (an int64 Variable) is incremented once per step. With `kl_y_warmup_steps` > 0 the
   Kanerva Machine's KL(y) term is weighted by min(1, step / kl_y_warmup_steps).
 
+  `diagnostics` (a Python bool; each value is its own trace): with False the model skips
+  the terms outside the loss (`model.diagnostic_terms`, the Kanerva Machine's `kl_memory`)
+  and the result has no entry for them; the update is the same. `train_and_evaluate` passes
+  True only on the calls whose metrics it logs. `check_inputs=False`: the step skips the
+  model's run-time checks of the images' values, for an input pipeline that checks them
+  itself (`check_episodes`, as `train_and_evaluate`'s does).
+
   Returns:
     The function; it returns the mean over its steps of the global-batch mean of each
-    scalar in `keys`.
+    scalar in `keys` (without `model.diagnostic_terms` when `diagnostics` is False).
   """
   variables = model.trainable_variables
   replicas = strategy.num_replicas_in_sync
+  diagnostic_keys = set(getattr(model, "diagnostic_terms", ()))
 
-  def forward_backward(x, seed, kl_y_weight):
+  def forward_backward(x, seed, kl_y_weight, diagnostics):
     # The VAE's call has no kl_y_weight: pass it only during a Kanerva Machine warm-up.
     extra = {} if kl_y_weight is None else {"kl_y_weight": kl_y_weight}
+    if not diagnostics:
+      extra["diagnostics"] = False
+    if not check_inputs:
+      extra["check_inputs"] = False
     with tf.GradientTape() as tape:
       out = model(x, training=True, seed=seed, **extra)
       loss = tf.nn.compute_average_loss(out["per_example_loss"],
@@ -474,28 +498,42 @@ def make_train_function(strategy, model, optimizer, step, *, keys, global_batch_
   if jit_compile:
     forward_backward = tf.function(forward_backward, jit_compile=True)
 
-  def replica_step(x):
+  def replica_step(x, step_keys, diagnostics):
     ctx = tf.distribute.get_replica_context()
     kl_y_weight = (tf.minimum(1., tf.cast(step, tf.float32) / kl_y_warmup_steps)
                    if kl_y_warmup_steps else None)
     grads, out = forward_backward(
-        x, replica_seed(seed, step, ctx.replica_id_in_sync_group, replicas), kl_y_weight)
+        x, replica_seed(seed, step, ctx.replica_id_in_sync_group, replicas), kl_y_weight,
+        diagnostics)
     optimizer.apply_gradients(zip(grads, variables))
     fraction = tf.cast(tf.shape(x)[0], tf.float32) / global_batch_size
-    # [len(keys)], summed over replicas: the global means (one all-reduce for all of them).
-    return tf.stack([out[k] for k in keys]) * fraction
+    # [len(step_keys)], summed over replicas: the global means (one all-reduce for all).
+    return tf.stack([out[k] for k in step_keys]) * fraction
 
   @tf.function
-  def train_calls(iterator, num_steps):
-    totals = tf.zeros([len(keys)])
+  def train_calls(iterator, num_steps, diagnostics=True):
+    step_keys = [k for k in keys if diagnostics or k not in diagnostic_keys]
+    totals = tf.zeros([len(step_keys)])
     for _ in tf.range(num_steps):
-      per_replica = strategy.run(replica_step, args=(next(iterator),))
+      per_replica = strategy.run(
+          functools.partial(replica_step, step_keys=step_keys, diagnostics=diagnostics),
+          args=(next(iterator),))
       step.assign_add(1)
       totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
     means = totals / tf.cast(num_steps, tf.float32)
-    return {k: means[i] for i, k in enumerate(keys)}
+    return {k: means[i] for i, k in enumerate(step_keys)}
 
   return train_calls
+
+
+def check_episodes(dataset, what="training batch"):
+  """`dataset` of float32 episodes `[B, T, H, W, D]`, each batch checked on the host (in
+  the tf.data pipeline, off the training step's graph) to be finite and in [0, 1]
+  (`kanerva_tf.model.check_image_values`): a bad batch fails its `next()` with
+  `tf.errors.InvalidArgumentError` "<what> contains NaN or Inf." or "... values must be in
+  [0, 1]"."""
+  return dataset.map(lambda x: check_image_values(x, what, "kanerva_tf.training"),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _same_path(a, b):
@@ -543,7 +581,7 @@ def worker_dataset_fn(dataset, split, *, batch_size, episode_length, seed, **kwa
                                   episode_length=episode_length, seed=seed, part=part, **kwargs)
     if per_replica * input_context.num_input_pipelines != batch_size:  # several local replicas
       ds = ds.unbatch().batch(per_replica, drop_remainder=True)
-    return ds
+    return check_episodes(ds)  # the training step does not check its input (check_inputs)
 
   return dataset_fn
 
@@ -698,7 +736,7 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
 
   keras.utils.set_random_seed(cfg.seed)
   with strategy.scope():
-    model = runs.build_model(cfg.model_type, model_config, dnc_config)
+    model = runs.build_model(cfg.model_type, model_config, dnc_config, cfg.precision)
     model(tf.zeros((1, episode_length) + model_config.image_shape))
     optimizer = keras.optimizers.Adam(cfg.learning_rate)
     optimizer.build(model.trainable_variables)
@@ -732,7 +770,7 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
     train_ds = data_lib.episode_dataset(
         cfg.dataset, cfg.train_split, batch_size=cfg.batch_size, episode_length=episode_length,
         seed=train_seed, download=cfg.download, **data_kwargs)
-    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    iterator = iter(strategy.experimental_distribute_dataset(check_episodes(train_ds)))
   else:  # each worker its own part of every global batch (worker_dataset_fn)
     iterator = iter(strategy.distribute_datasets_from_function(worker_dataset_fn(
         cfg.dataset, cfg.train_split, batch_size=cfg.batch_size, episode_length=episode_length,
@@ -745,7 +783,8 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
   train_calls = make_train_function(strategy, model, optimizer, step, keys=keys,
                                     global_batch_size=cfg.batch_size, seed=cfg.seed,
                                     jit_compile=cfg.jit_compile,
-                                    kl_y_warmup_steps=cfg.kl_y_warmup_steps)
+                                    kl_y_warmup_steps=cfg.kl_y_warmup_steps,
+                                    check_inputs=False)  # check_episodes checked the input
 
   def evaluate():
     result = evaluation.evaluate_bound(model, eval_ds, seed=cfg.seed + 2)
@@ -795,7 +834,11 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
                                                   cfg.eval_every, cfg.image_every) if p]
       next_stop = min(((now // p) + 1) * p for p in periods)
       num = min(cfg.steps_per_call, next_stop - now, cfg.train_steps - now)
-      out = train_calls(iterator, tf.constant(num))
+      # The diagnostics (kl_memory) only in the calls whose metrics are logged: their
+      # steps compute them, so every logged value is the mean over the call's steps, as the
+      # other metrics; the other calls skip them (a second trace of the step).
+      logged = due(cfg.log_every, now + num) or now + num >= cfg.train_steps
+      out = train_calls(iterator, tf.constant(num), diagnostics=logged)
       metrics = {k: float(v) for k, v in out.items()}
       now = int(step.numpy())
       progress["step"] = now

@@ -338,3 +338,87 @@ def test_bad_input_raises_clear_errors():
     model.read(tf.zeros((1, 2, 8, 8, 1)), model.prior(), iterations=0)
   with pytest.raises(TypeError, match="ModelConfig"):
     kt.KanervaMachine({"code_size": 3})
+
+
+def test_value_checks_can_be_skipped_for_checked_input():
+  """check_inputs=False (the training step, whose pipeline checked the batch) has no
+  run-time assertions in its graph and lets a bad value through; the static checks stay."""
+  model = kt.KanervaMachine(TINY)
+  model(_binary((1, 4, 8, 8, 1)))
+  bad = tf.fill((1, 4, 8, 8, 1), np.nan)
+  assert not np.isfinite(float(model(bad, check_inputs=False)["loss"]))
+  with pytest.raises(TypeError, match="float32"):
+    model(tf.zeros((1, 4, 8, 8, 1), tf.uint8), check_inputs=False)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"KanervaMachine: episode values "
+                     r"must be in \[0, 1\]; got a value > 1"):
+    model(tf.fill((1, 4, 8, 8, 1), 1.5))
+
+  def asserts(check):
+    fn = tf.function(lambda x: model(x, check_inputs=check)["loss"])
+    graph = fn.get_concrete_function(tf.TensorSpec((1, 4, 8, 8, 1))).graph
+    # assert_all_finite is a CheckNumerics op; the range asserts are If ops around Assert.
+    return sum(op.type in ("CheckNumerics", "Assert", "If", "StatelessIf")
+               for op in graph.get_operations())
+  assert asserts(True) >= 3 and asserts(False) == 0
+
+
+@pytest.mark.parametrize("cls", [kt.KanervaMachine, kt.VAE])
+def test_diagnostics_off_skips_kl_memory_with_the_same_loss(cls):
+  x = _binary((2, 4, 8, 8, 1))
+  model = cls(TINY)
+  model(x)
+  full = model(x, training=True, seed=(3, 4))
+  cheap = model(x, training=True, seed=(3, 4), diagnostics=False)
+  assert set(full) - set(cheap) == set(model.diagnostic_terms)
+  for key, value in cheap.items():
+    np.testing.assert_array_equal(value, full[key])
+  if cls is kt.KanervaMachine:
+    assert model.diagnostic_terms == ("kl_memory",) and float(full["kl_memory"]) > 0
+
+    def ops(diagnostics):
+      fn = tf.function(lambda x: model(x, training=True, seed=(3, 4),
+                                        diagnostics=diagnostics)["loss"])
+      graph = fn.get_concrete_function(tf.TensorSpec((2, 4, 8, 8, 1))).graph
+      return [op.name for op in graph.get_operations()]
+    assert any("KullbackLeibler" in n for n in ops(True))
+    assert not any("KullbackLeibler" in n for n in ops(False))
+
+
+# ----------------------------------------------------------------------------- precision
+def _conv_dtypes(model, x):
+  """The dtypes (attr T) of the convolution ops of a training step's graph."""
+  def step(x):
+    with tf.GradientTape() as tape:
+      loss = model(x, training=True, seed=(1, 2))["loss"]
+    return loss, tape.gradient(loss, model.trainable_variables)
+  graph = tf.function(step).get_concrete_function(tf.TensorSpec(x.shape)).graph
+  return {op.type: tf.as_dtype(op.get_attr("T")).name for op in graph.get_operations()
+          if op.type.startswith("Conv2D")}
+
+
+@pytest.mark.parametrize("cls", [kt.KanervaMachine, kt.VAE])
+def test_bfloat16_networks_with_a_float32_memory_and_loss(cls):
+  x = _binary((2, 4, 8, 8, 1))
+  model = cls(TINY, precision="bfloat16")
+  out = model(x, training=True, seed=(1, 2))
+  assert {v.dtype.name for v in out.values()} == {"float32"}
+  assert np.isfinite(float(out["loss"]))
+  assert model.encoder.convs[0].compute_dtype == "bfloat16"
+  assert model.decoder.deconvs[-1].compute_dtype == "bfloat16"
+  assert {v.dtype for v in model.variables} == {"float32"}  # checkpoints as in float32
+  assert model.embed(x).dtype == tf.float32 and model.decode(model.embed(x)[..., :6])[
+      "mean"].dtype == tf.float32
+  convs = _conv_dtypes(model, x)
+  assert {"Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput"} <= set(convs)
+  assert set(convs.values()) == {"bfloat16"}, convs
+  assert set(_conv_dtypes(cls(TINY), x).values()) == {"float32"}  # the default is unchanged
+  if cls is kt.KanervaMachine:
+    assert model.q_y.compute_dtype == "float32" and model.key.compute_dtype == "float32"
+    memory = model.write(x, seed=(1, 1))
+    assert memory.loc.dtype == tf.float32 and memory.row_covariance.dtype == tf.float32
+    assert model.read(x, memory, seed=(2, 2)).dtype == tf.float32
+  clone = cls.from_config(model.get_config())
+  assert clone.precision == "bfloat16"
+  with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16'\); "
+                     r"got 'float16'"):
+    cls(TINY, precision="float16")

@@ -64,3 +64,13 @@ def test_worker_gets_the_same_arguments_whatever_the_flag_spelling():
     assert worker.worker and (worker.rounds, worker.configs) == (7, "vae,kanerva")
     assert (worker.batch_size, worker.episode_length, worker.steps) == (16, 32, 5)
     assert args.settings == ["1"]
+
+
+def test_bfloat16_configurations_are_offered():
+  """`vae_bf16` / `kanerva_bf16` (TrainConfig.precision="bfloat16"), also on the CIFAR-10
+  preset, for the lead's timing runs."""
+  st = _step_time()
+  for name in ("vae_bf16", "kanerva_bf16", "cifar_vae_bf16", "cifar_kanerva_bf16"):
+    assert name in st.ALL_CONFIGS, name
+  args = st.parse_args(["--configs", "vae,kanerva,vae_bf16,kanerva_bf16"])
+  assert args.configs == "vae,kanerva,vae_bf16,kanerva_bf16"

@@ -104,8 +104,10 @@ def test_nan_loss_never_overwrites_a_good_checkpoint(mock_omniglot, tmp_path, mo
   before = {p: os.path.getmtime(os.path.join(ckpt_dir, p)) for p in os.listdir(ckpt_dir)}
   original_call = model_lib.KanervaMachine.call
 
-  def nan_call(self, *args, **kwargs):
-    out = original_call(self, *args, **kwargs)
+  # seed named: Keras refuses a **kwargs argument that mixes tensors (the seed) and Python
+  # values (the step's check_inputs / diagnostics flags).
+  def nan_call(self, *args, seed=None, **kwargs):
+    out = original_call(self, *args, seed=seed, **kwargs)
     return {k: v * np.nan for k, v in out.items()}
 
   monkeypatch.setattr(model_lib.KanervaMachine, "call", nan_call)
@@ -160,6 +162,8 @@ def test_data_and_model_shapes_must_agree(mock_omniglot, tmp_path):
     (dict(kl_y_warmup_steps=-5), "kl_y_warmup_steps must be an int >= 0"),
     (dict(model_type="vae", kl_y_warmup_steps=10), "kl_y_warmup_steps needs model_type"),
     (dict(download="yes"), "download must be True or False; got 'yes'"),
+    (dict(precision="float16"), r"precision must be one of \('float32', 'bfloat16'\); got "
+                                "'float16'"),
 ])
 def test_bad_train_config_values(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -185,6 +189,129 @@ def test_kl_y_warmup_weighs_kl_y_in_the_training_loss():
   np.testing.assert_allclose(out["loss"], out["reconstruction"] + out["kl_z"], rtol=1e-5)
   full = model(x, training=True, seed=training.replica_seed(3, 0, 0, 1))
   np.testing.assert_allclose(float(full["loss"]), out["loss"] + out["kl_y"], rtol=1e-5)
+
+
+def _spy_train_calls(monkeypatch):
+  """Records the `diagnostics` argument and the result keys of every training call of
+  `train_and_evaluate`: a list of (diagnostics, sorted keys)."""
+  calls, make = [], training.make_train_function
+
+  def spying_make(*args, **kwargs):
+    train_calls = make(*args, **kwargs)
+
+    def spy(iterator, num_steps, diagnostics=True):
+      out = train_calls(iterator, num_steps, diagnostics=diagnostics)
+      calls.append((diagnostics, sorted(out)))
+      return out
+    return spy
+  monkeypatch.setattr(training, "make_train_function", spying_make)
+  return calls
+
+
+def test_kl_memory_only_on_the_calls_whose_metrics_are_logged(mock_omniglot, tmp_path,
+                                                              monkeypatch):
+  calls = _spy_train_calls(monkeypatch)
+  workdir = str(tmp_path / "run")
+  result = training.train_and_evaluate(
+      TINY, _train_config(train_steps=5, steps_per_call=1, log_every=2, checkpoint_every=0,
+                          eval_every=0, image_every=0), workdir)
+  # Steps 2, 4 (log_every) and 5 (the last) are logged; 1 and 3 skip the diagnostics.
+  assert [d for d, _ in calls] == [False, True, False, True, True]
+  full = ["kl_memory", "kl_y", "kl_z", "loss", "reconstruction"]
+  assert [k for _, k in calls] == [[k for k in full if k != "kl_memory"], full,
+                                   [k for k in full if k != "kl_memory"], full, full]
+  train = [r for r in _metrics(workdir) if r["split"] == "train"]
+  assert [r["step"] for r in train] == [2, 4, 5]
+  for record in train:  # the same keys as before, every kl_memory a real value
+    assert set(full) <= set(record) and np.isfinite(record["kl_memory"]) and record[
+        "kl_memory"] > 0, record
+  assert set(full) <= set(result["train"])
+  test = [r for r in _metrics(workdir) if r["split"] == "test"]
+  assert len(test) == 1 and test[0]["kl_memory"] > 0  # the evaluation reports it
+
+
+def test_train_function_without_diagnostics_makes_the_same_update():
+  x = tf.constant((np.random.default_rng(0).random((2, 4, 28, 28, 1)) < 0.2).astype(np.float32))
+  keys = ("loss", "kl_y", "kl_memory")
+  results, weights = [], []
+  for diagnostics in (True, False):
+    keras.utils.set_random_seed(0)
+    model = kt.KanervaMachine(TINY)
+    model(x)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64)
+    train = training.make_train_function(tf.distribute.get_strategy(), model, optimizer,
+                                         step, keys=keys, global_batch_size=2, seed=3,
+                                         check_inputs=False)
+    results.append(train(iter(tf.data.Dataset.from_tensors(x).repeat()), tf.constant(2),
+                         diagnostics=diagnostics))
+    weights.append(model.get_weights())
+  assert set(results[0]) == set(keys) and set(results[1]) == {"loss", "kl_y"}
+  assert float(results[0]["kl_memory"]) > 0
+  for key in ("loss", "kl_y"):
+    np.testing.assert_allclose(results[1][key], results[0][key], rtol=1e-6)
+  for a, b in zip(*weights):
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.nan, r"kanerva_tf.training: training batch contains NaN or Inf"),
+    (2.0, r"training batch values must be in \[0, 1\]; got a value > 1"),
+])
+def test_a_bad_training_batch_fails_clearly(bad, message, mock_omniglot, tmp_path,
+                                           monkeypatch):
+  """The training step does not check its input (check_inputs=False): the input pipeline
+  checks every batch on the host, and a NaN or a value > 1 stops training with the message."""
+  original = data_lib.episode_dataset
+
+  def bad_train_batches(name, split, **kwargs):
+    ds = original(name, split, **kwargs)
+    if split != "train":
+      return ds
+    return ds.map(lambda x: tf.tensor_scatter_nd_update(
+        x, [[0, 0, 3, 3, 0]], tf.constant([bad], tf.float32)))
+  monkeypatch.setattr(data_lib, "episode_dataset", bad_train_batches)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    training.train_and_evaluate(TINY, _train_config(train_steps=2, eval_every=0,
+                                                    image_every=0), str(tmp_path / "run"))
+  # A train function that checks its input itself (the default) rejects it in the model.
+  model = kt.KanervaMachine(TINY)
+  x = tf.tensor_scatter_nd_update(tf.zeros((2, 4, 28, 28, 1)), [[1, 2, 3, 3, 0]],
+                                  tf.constant([bad], tf.float32))
+  model(x[:, :1] * 0)
+  optimizer = keras.optimizers.Adam(1e-3)
+  optimizer.build(model.trainable_variables)
+  train = training.make_train_function(tf.distribute.get_strategy(), model, optimizer,
+                                       tf.Variable(0, dtype=tf.int64), keys=("loss",),
+                                       global_batch_size=2, seed=0)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"KanervaMachine: episode (contains "
+                     r"NaN or Inf|values must be in \[0, 1\])"):
+    train(iter(tf.data.Dataset.from_tensors(x).repeat()), tf.constant(1), diagnostics=False)
+
+
+@pytest.mark.parametrize("model_type", ["kanerva", "vae"])
+def test_bfloat16_training_has_a_finite_float32_loss(model_type, mock_omniglot, tmp_path,
+                                                     monkeypatch):
+  models = []
+  build = runs.build_model
+  monkeypatch.setattr(runs, "build_model",
+                      lambda *a, **k: models.append(build(*a, **k)) or models[-1])
+  result = training.train_and_evaluate(
+      TINY, _train_config(model_type=model_type, train_steps=3, precision="bfloat16",
+                          eval_every=0, image_every=0), str(tmp_path / "run"))
+  assert result["step"] == 3
+  assert all(np.isfinite(v) for v in result["train"].values()), result
+  assert np.isfinite(result["eval"]["loss"])
+  model, = models
+  assert model.precision == "bfloat16" and model.encoder.compute_dtype == "bfloat16"
+  saved = runs.load_run_config(str(tmp_path / "run"))
+  assert saved["train"]["precision"] == "bfloat16"
+  # The checkpoint holds float32 variables: a float32 model restores it.
+  restored, _, step = runs.restore_model(str(tmp_path / "run"))
+  assert step == 3 and restored.precision == "float32"
+  for a, b in zip(restored.get_weights(), model.get_weights()):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_resuming_a_run_saved_before_new_model_fields_were_added(mock_omniglot, tmp_path):
