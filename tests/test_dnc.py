@@ -448,6 +448,7 @@ def test_importance_weighted_estimate_of_the_dnc():
   np.testing.assert_allclose(np.mean(one), loss, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_train_export_restore_and_eval_py_end_to_end(mock_omniglot, tmp_path):
   workdir = str(tmp_path / "dnc")
   config = training.TrainConfig(
@@ -500,6 +501,7 @@ def test_train_export_restore_and_eval_py_end_to_end(mock_omniglot, tmp_path):
   assert any("interpolation" in note for note in saved["notes"])
 
 
+@pytest.mark.slow
 def test_train_py_model_dnc_on_mock_data(tmp_path):
   """--model=dnc with the DNC's sizes as flags: recorded in config.json, restored by
   restore_model; resuming with another size is refused before anything is trained."""

@@ -188,6 +188,7 @@ def test_run_evaluation_errors(tmp_path):
     evaluate_run.run_evaluation(str(workdir), num_batches=1)
 
 
+@pytest.mark.slow
 def test_run_evaluation_model_overrides(tmp_path):
   """A read switch can be overridden at evaluation (mean-field reads vs Appendix F's)."""
   workdir = tmp_path / "run"
@@ -286,7 +287,7 @@ def _run_script(*args, timeout=120):
     (["--class_counts=2,0"], "--class_counts must be a comma-separated list"),
     (["--episode_length=0"], "flag --episode_length=0: 0 is not a positive integer"),
     (["--num_batches=x"], "flag --num_batches=x: invalid literal"),
-    ([], "--workdir is required"),
+    pytest.param([], "--workdir is required", marks=pytest.mark.slow),  # imports TensorFlow
 ])
 def test_eval_script_rejects_bad_flags(tmp_path, args, message):
   if args:
@@ -296,12 +297,14 @@ def test_eval_script_rejects_bad_flags(tmp_path, args, message):
   assert message in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_eval_script_missing_workdir(tmp_path):
   proc = _run_script(f"--workdir={tmp_path / 'nope'}")
   assert proc.returncode != 0
   assert "is not a training run directory: it has no config.json" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _real_tfds_dir().is_dir(), reason="../shared/tfds (prepared TFDS data) "
                     "is absent; set KANERVA_TFDS_DIR to run this test")
 def test_eval_script_reports_a_damaged_checkpoint_in_one_line(tmp_path):
@@ -329,6 +332,7 @@ def test_eval_script_reports_a_damaged_checkpoint_in_one_line(tmp_path):
       "no config.json (train.py writes it when a run starts).")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("download", [True, False])
 def test_eval_script_without_the_data_fails_fast_with_a_clear_error(download, tmp_path):
   """The run's data directory is empty and there is no internet (requests go to a closed local
@@ -359,6 +363,7 @@ def test_eval_script_without_the_data_fails_fast_with_a_clear_error(download, tm
   assert not list(data_dir.iterdir()) and not (workdir / "eval").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _real_tfds_dir().is_dir(), reason="../shared/tfds (prepared TFDS data) "
                     "is absent; set KANERVA_TFDS_DIR to run this test")
 def test_eval_script_on_real_omniglot(tmp_path):

@@ -23,7 +23,7 @@ OMNIGLOT_TINY = kt.ModelConfig(image_shape=(28, 28, 1), **TINY)
 
 
 # ----------------------------------------------------------------------------- bounds
-@pytest.mark.parametrize("model_type", ["vae", "kanerva"])
+@pytest.mark.parametrize("model_type", ["vae", pytest.param("kanerva", marks=pytest.mark.slow)])
 def test_importance_weighted_estimate(model_type, binary_episodes):
   """k = 1 matches the analytic bound in expectation; more samples give a lower NLL."""
   config = kt.ModelConfig(image_shape=(8, 8, 1), **TINY)

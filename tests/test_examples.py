@@ -84,6 +84,7 @@ def test_joint_model_density_is_prior_times_gaussian_likelihood(joint):
   assert z.shape == (joint.T, joint.C) and z.dtype == tf.float64
 
 
+@pytest.mark.slow
 def test_vi_and_nuts_recover_the_exact_posterior_of_update(joint, capsys):
   results = joint.main()
   printed = capsys.readouterr().out
@@ -128,6 +129,7 @@ def test_pretrained_writes_denoises_and_generates(pretrained, tmp_path, capsys):
     np.testing.assert_array_equal(again[key], results[key])
 
 
+@pytest.mark.slow
 def test_pretrained_runs_with_tensorflow_alone_in_under_a_minute(tmp_path):
   """The script, in a fresh process in which kanerva_tf and TFP cannot be imported."""
   code = ("import sys, runpy; sys.modules['kanerva_tf'] = None; "
@@ -143,6 +145,7 @@ def test_pretrained_runs_with_tensorflow_alone_in_under_a_minute(tmp_path):
   assert elapsed < 60, elapsed
 
 
+@pytest.mark.slow
 def test_bundled_episode_is_the_tfds_test_split_as_kanerva_tf_loads_it(pretrained):
   """Needs the prepared Omniglot test split ($TFDS_DATA_DIR); skipped without it."""
   from kanerva_tf import data as data_lib  # pylint: disable=g-import-not-at-top

@@ -257,6 +257,7 @@ def test_reloaded_signatures_match_the_model(models, loaded, inputs, model_type)
       model.reconstruct(inputs["episode"], tf.constant([3, 4])), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_load_without_kanerva_tf_matches_the_model(models, exports, inputs, tmp_path):
   np.savez(tmp_path / "inputs.npz", **inputs)
   args = [str(tmp_path / "inputs.npz")]
@@ -271,6 +272,7 @@ def test_load_without_kanerva_tf_matches_the_model(models, exports, inputs, tmp_
     _assert_matches_model(outputs, model, name, inputs)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_runs_reconstruct(models, exports, inputs, tmp_path):
   cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
   command = [cli] if os.path.exists(cli) else [

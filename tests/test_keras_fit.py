@@ -205,6 +205,7 @@ def test_vae_first_step_is_the_custom_loop_step(fitted_vae):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vae_fit_is_reproducible_and_backup_and_restore_resumes_it(fitted_vae, tmp_path):
   """An interrupted run resumed by BackupAndRestore in a fresh model ends with the weights
   of the uninterrupted run."""

@@ -255,6 +255,7 @@ def test_bayes_rule_identity_with_joint_distribution():
   np.testing.assert_allclose(evidence[0], ref, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_long_float32_online_write_stays_positive_definite():
   """Thousands of one-by-one writes in float32: U stays symmetric PD and finite."""
   rng = np.random.default_rng(11)

@@ -26,7 +26,8 @@ Design notes (from sweeps on this machine; see the margins below):
   * Dense random prototypes (p = 0.5 pixels, blocks, quadrants) keep both models collapsed
     for 400-1000+ steps, so they are not usable at this budget.
 
-Both models are trained once per module (fixture `trained`, ~30-45 s on 2 shared cores).
+Both models are trained once per module (fixture `trained`, ~30-45 s on 2 shared cores); the
+tests are marked slow (`pytest -m slow`).
 """
 
 import time
@@ -136,6 +137,7 @@ CORRUPTION = 0.25          # fraction of flipped pixels in the query
 DENOISE_MARGIN = 0.05      # Hamming distance per pixel (observed improvement 0.086-0.135)
 
 
+@pytest.mark.slow
 def test_memory_bound_clearly_below_vae_on_redundant_episodes(trained):
   km, vae = trained["km_bound"], trained["vae_bound"]
   # Untrained, both are ~46-48 nats; the per-pixel marginal alone gives ~31.
@@ -143,6 +145,7 @@ def test_memory_bound_clearly_below_vae_on_redundant_episodes(trained):
   assert km < vae - MARGIN_VS_VAE, (km, vae)
 
 
+@pytest.mark.slow
 def test_memory_advantage_comes_from_within_episode_redundancy(trained):
   # Control: held-out episodes of T *different* prototypes. There is nothing useful to read
   # back from the memory, so the Kanerva Machine loses its advantage over the VAE there, and
@@ -153,6 +156,7 @@ def test_memory_advantage_comes_from_within_episode_redundancy(trained):
   assert trained["km_bound"] < trained["km_bound_distinct"] - MARGIN_REDUNDANCY, trained
 
 
+@pytest.mark.slow
 def test_iterative_reading_denoises_towards_stored_pattern(trained):
   km = trained["km"]
   rng = np.random.default_rng(5)

@@ -171,6 +171,7 @@ def test_each_replica_of_the_cluster_gets_its_slice_of_the_global_batch(mock_omn
 
 
 # ----------------------------------------------------------------------------- train.py
+@pytest.mark.slow
 def test_train_py_multi_worker_flags_and_a_missing_tf_config(tmp_path):
   """The flags reach the TrainConfig; without TF_CONFIG, train.py fails at once (no data
   loaded, no workdir) with one line that shows TF_CONFIG's form."""

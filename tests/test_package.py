@@ -10,7 +10,11 @@ _CHECK = ("import os, kanerva_tf; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))
           "print(sorted(kanerva_tf.__all__))")
 
 
-@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0"), ("1", "1")])
+@pytest.mark.parametrize("preset, expected", [
+    (None, "1"),
+    pytest.param("0", "0", marks=pytest.mark.slow),  # a fresh TensorFlow import each
+    pytest.param("1", "1", marks=pytest.mark.slow),
+])
 def test_import_turns_on_onednn_unless_set(preset, expected):
   env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
   if preset is not None:

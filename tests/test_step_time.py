@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import keras
 
@@ -43,6 +44,7 @@ def _loss_grads_and_ops(undo):
   return loss, grads, ops
 
 
+@pytest.mark.slow
 def test_kanerva_before_is_the_same_model_with_the_old_ops():
   loss, grads, ops = _loss_grads_and_ops(undo=False)
   loss_b, grads_b, ops_b = _loss_grads_and_ops(undo=True)

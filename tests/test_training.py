@@ -53,6 +53,7 @@ def _run_python(code, timeout=600, env=None):
 
 
 # ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["kanerva", "vae"])
 def test_train_checkpoint_resume_and_export(model_type, mock_omniglot, tmp_path):
   workdir = str(tmp_path / model_type)
@@ -96,6 +97,7 @@ def test_train_checkpoint_resume_and_export(model_type, mock_omniglot, tmp_path)
   np.testing.assert_allclose(np.load(tmp_path / "got.npy"), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_never_overwrites_a_good_checkpoint(mock_omniglot, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(TINY, _train_config(train_steps=2, eval_every=0, image_every=0),
@@ -314,6 +316,7 @@ def test_bfloat16_training_has_a_finite_float32_loss(model_type, mock_omniglot, 
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_resuming_a_run_saved_before_new_model_fields_were_added(mock_omniglot, tmp_path):
   """A config.json without fields added to ModelConfig later (they take their defaults), or
   with fields retired since at their neutral values, is the same model, not a different one."""
@@ -333,6 +336,7 @@ def test_resuming_a_run_saved_before_new_model_fields_were_added(mock_omniglot, 
     training.train_and_evaluate(other, _train_config(train_steps=6), str(workdir))
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_another_data_dir_but_not_other_data(mock_omniglot, tmp_path):
   """Where the data lives is not part of the run: --data_dir=A, then TFDS_DATA_DIR (None)."""
   workdir = str(tmp_path / "run")
@@ -357,6 +361,7 @@ def _warnings(caplog):
   return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_resumes_from_the_newest_that_restores(
     mock_omniglot, tmp_path, caplog):
   workdir = str(tmp_path / "run")
@@ -408,6 +413,7 @@ def test_an_unwritable_workdir_is_refused_before_any_training(mock_omniglot, tmp
       training.train_and_evaluate(TINY, _quiet(), str(tmp_path / "ro"))
 
 
+@pytest.mark.slow
 def test_a_changed_learning_rate_on_resume_is_not_silent(mock_omniglot, tmp_path, caplog):
   """The checkpoint restores Adam's learning rate with its other variables: a resumed run
   with another learning_rate keeps the checkpoint's, and says so."""
@@ -419,6 +425,7 @@ def test_a_changed_learning_rate_on_resume_is_not_silent(mock_omniglot, tmp_path
           in _warnings(caplog))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["while writing", "before recording"])
 def test_a_failing_checkpoint_save_leaves_a_resumable_run(mock_omniglot, tmp_path,
                                                           monkeypatch, failure):
@@ -462,6 +469,7 @@ def test_a_failing_checkpoint_save_leaves_a_resumable_run(mock_omniglot, tmp_pat
     runs.restore_model(workdir, checkpoint=path)  # every recorded checkpoint restores
 
 
+@pytest.mark.slow
 def test_a_failing_export_leaves_a_resumable_run(mock_omniglot, tmp_path, monkeypatch):
   """The SavedModel save fails after writing its files: no export, nothing half-written
   left; the re-run trains nothing more and exports the final checkpoint."""
@@ -489,6 +497,7 @@ def test_a_failing_export_leaves_a_resumable_run(mock_omniglot, tmp_path, monkey
 
 
 # ----------------------------------------------------------------------------- distribution
+@pytest.mark.slow
 def test_mirrored_two_devices_matches_one_device_on_the_same_batch(tmp_path):
   """Two logical CPU devices: the distributed step's loss and update equal the one-device
   computation of the same global-batch mean (each half with that replica's seed)."""
@@ -542,8 +551,10 @@ def test_mirrored_two_devices_matches_one_device_on_the_same_batch(tmp_path):
 
 
 # ----------------------------------------------------------------------------- train.py
-@pytest.mark.parametrize("flagfile, preset", [("omniglot.flags", "omniglot"),
-                                              ("cifar.flags", "cifar")])
+@pytest.mark.parametrize("flagfile, preset", [
+    ("omniglot.flags", "omniglot"),
+    pytest.param("cifar.flags", "cifar", marks=pytest.mark.slow),  # a TensorFlow import each
+])
 def test_flagfiles_parse_to_the_paper_presets(flagfile, preset):
   proc = _run_python(f"""
       import train, kanerva_tf as kt
@@ -604,6 +615,7 @@ def test_train_flags_take_default_choices_and_help_from_the_configs():
     assert f"omniglot {getattr(kt.ModelConfig.omniglot(), flag)!r}" in fv[flag].help, flag
 
 
+@pytest.mark.slow
 def test_addressing_and_memory_noise_flags_reach_the_model_config():
   """--y_size, --y_noise_std, --noise_variance, --y_scale and --write_address override the
   preset; unset, they keep it."""
@@ -622,6 +634,7 @@ def test_addressing_and_memory_noise_flags_reach_the_model_config():
   assert "OK" in proc.stdout
 
 
+@pytest.mark.slow
 def test_nodownload_flag_reaches_the_train_config():
   proc = _run_python("""
       import train
@@ -640,6 +653,7 @@ def _closed_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("download", [True, False])
 def test_train_py_without_the_data_fails_fast_with_a_clear_error(download, tmp_path):
   """Empty data directory, no internet (every request goes to a closed local port): with
@@ -669,6 +683,7 @@ def test_train_py_without_the_data_fails_fast_with_a_clear_error(download, tmp_p
   assert not workdir.exists() and not list(data_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_train_py_rejects_bad_flags_before_any_work(tmp_path):
   proc = subprocess.run([sys.executable, "train.py", "--flagfile=omniglot.flags",
                          f"--workdir={tmp_path}", "--batch_size=0"], cwd=REPO,
@@ -682,6 +697,7 @@ def _last_line(stderr):
   return stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_train_py_reports_a_bad_setting_in_one_line_or_a_traceback_on_request(tmp_path):
   """A ValueError of the library (here ModelConfig's) is one line on stderr and exit status 1;
   KANERVA_TRACEBACK=1 or --verbosity=1 adds the traceback."""
@@ -702,6 +718,7 @@ def test_train_py_reports_a_bad_setting_in_one_line_or_a_traceback_on_request(tm
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_TFDS / "cifar10").is_dir() or not (SHARED_TFDS / "omniglot").is_dir(),
                     reason=f"prepared TFDS omniglot and cifar10 not found in {SHARED_TFDS}")
 def test_train_py_reports_library_errors_in_one_line(tmp_path):
@@ -733,6 +750,7 @@ def test_train_py_reports_library_errors_in_one_line(tmp_path):
   assert sorted(os.listdir(other)) == ["config.json"]
 
 
+@pytest.mark.slow
 def test_train_py_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
   proc = _run_python(f"""
       import train
@@ -752,6 +770,7 @@ def test_train_py_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
           "trained: re-run the same command to resume.") in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_TFDS / "omniglot").is_dir(),
                     reason=f"prepared TFDS omniglot not found in {SHARED_TFDS}")
 def test_train_py_runs_on_real_omniglot(tmp_path):
@@ -787,6 +806,7 @@ def test_a_vae_run_is_identified_by_the_fields_the_vae_uses(tmp_path):
       training._check_run_config(workdir, run_config(model_type, code_size=7))
 
 
+@pytest.mark.slow
 def test_resume_under_mirrored_strategy(mock_omniglot, tmp_path):
   """A run resumes under MirroredStrategy, where the optimizer's restored learning rate is a
   MirroredVariable (reading it with float() failed)."""
