@@ -108,4 +108,15 @@ EXPERIMENTS = {
         runs={"dnc": ["--model=dnc"], "kanerva_no_bottom_up": ["--read_posterior=prior"]},
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
+    # Issue 13: CIFAR-10 (section 4, Fig. 12), the user's command (cifar.flags) and its matched
+    # VAE on the same seeds. A step takes ~0.45 s (KM) / ~0.40 s (VAE) with both cores
+    # (bench/results/step_time_cifar.md), so runs resume across sessions up to `steps`.
+    "cifar": dict(
+        flagfile="cifar.flags", steps=30000, seeds=(0, 1),
+        common=["--log_every=100", "--eval_every=1000", "--checkpoint_every=500",
+                "--eval_batches=4", "--image_every=0"],
+        baseline="vae",
+        runs={"kanerva": [], "vae": ["--model=vae"]},
+        evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
+        workdir="runs/{experiment}/{run}/s{seed}"),
 }
