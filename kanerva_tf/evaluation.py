@@ -46,7 +46,7 @@ __all__ = [
     "EPISODE_SIZES", "CLASS_COUNTS", "DENOISE_BLOCK", "MEMORY_MODELS", "evaluate_bound",
     "importance_log_likelihood", "address_diagnostics", "bound_sweep", "corrupt_with_block",
     "GENERATION_ITERATIONS", "FIDELITY_CLASS_COUNTS", "generation_fidelity",
-    "nearest_neighbour_fidelity",
+    "nearest_neighbour_fidelity", "likelihood_scale_range",
 ]
 
 EPISODE_SIZES = (16, 32, 64, 128, 256)   # Fig. 6 right
@@ -292,6 +292,27 @@ def evaluate_bound(model, dataset, num_batches=None, seed=0, importance_samples=
       result["iw_bits_per_dim"] = float(model.bits_per_dim(result["iw_loss"]))
   result["num_episodes"] = int(n)
   return result
+
+
+def likelihood_scale_range(model, episodes):
+  """Range of a Gaussian p(x|z)'s per-pixel scale on episodes `[B, T, H, W, D]`.
+
+  The scale is the decoder's softplus output + 1e-3 (`decode`), at z = the mean of q(z|x)
+  (the code each image writes), over every pixel and channel of every image: a check that
+  the Gaussian likelihood neither collapses (scale -> 1e-3, a bound that runs off to -inf)
+  nor blows up. A Bernoulli likelihood has no scale: {}.
+
+  Returns:
+    {"pixel_scale_min", "pixel_scale_median", "pixel_scale_max"} (floats), or {}.
+  """
+  if not _is_gaussian(model):
+    return {}
+  x = model.check_images(tf.convert_to_tensor(episodes))
+  mean_z = model.embed(x)[..., :model.config.code_size]              # [B, T, C]
+  scale = model.decode(mean_z)["scale"].numpy()                      # [B, T, H, W, D]
+  return {"pixel_scale_min": float(np.min(scale)),
+          "pixel_scale_median": float(np.median(scale)),
+          "pixel_scale_max": float(np.max(scale))}
 
 
 def address_diagnostics(model, episode, seed=0):

@@ -789,6 +789,8 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
   def evaluate():
     result = evaluation.evaluate_bound(model, eval_ds, seed=cfg.seed + 2)
     result.pop("num_episodes")
+    # Gaussian likelihood: the range of p(x|z)'s per-pixel scale on the first test batch.
+    result.update(evaluation.likelihood_scale_range(model, image_episode))
     return result
 
   writers = {split: tf.summary.create_file_writer(os.path.join(write_dir, split))

@@ -77,6 +77,38 @@ def test_gaussian_reports_bits_per_dim():
                              rtol=1e-6)
 
 
+def test_bits_per_dim_against_a_hand_computation():
+  """bits/dim = (nats + HWD log 256) / (HWD log 2): 0 nats per 32x32x3 image is 8 bits/dim
+  (the U(0, 1/256) dequantisation's uniform density); HWD log 2 nats more is one bit more."""
+  model = runs.build_model("vae", kt.ModelConfig(
+      image_shape=(32, 32, 3), likelihood="gaussian", **TINY))
+  dims = 32 * 32 * 3
+  np.testing.assert_allclose(model.bits_per_dim(0.), 8.0, rtol=1e-12)
+  np.testing.assert_allclose(model.bits_per_dim(dims * np.log(2.)), 9.0, rtol=1e-12)
+  np.testing.assert_allclose(model.bits_per_dim(-1000.), 8.0 - 1000. / (3072 * 0.6931471805599453),
+                             rtol=1e-12)
+
+
+@pytest.mark.parametrize("model_type", ["vae", "kanerva"])
+def test_likelihood_scale_range_is_the_decoders_scale_at_the_written_code(model_type):
+  config = kt.ModelConfig(image_shape=(8, 8, 3), likelihood="gaussian", **TINY)
+  model = runs.build_model(model_type, config)
+  x = tf.random.stateless_uniform((2, 3) + config.image_shape, (4, 0))
+  got = evaluation.likelihood_scale_range(model, x)
+  # Independent: the decoder's raw second half of channels, softplus in numpy, + 1e-3.
+  code = model.embed(x).numpy()[..., :config.code_size]
+  raw = np.split(model.decoder(tf.constant(code)).numpy().astype(np.float64), 2, axis=-1)[1]
+  scale = np.log1p(np.exp(raw)) + 1e-3
+  assert set(got) == {"pixel_scale_min", "pixel_scale_median", "pixel_scale_max"}
+  np.testing.assert_allclose([got["pixel_scale_min"], got["pixel_scale_median"],
+                              got["pixel_scale_max"]],
+                             [scale.min(), np.median(scale), scale.max()], rtol=1e-5)
+  assert got["pixel_scale_min"] < got["pixel_scale_max"]
+  bernoulli = runs.build_model(model_type, kt.ModelConfig(image_shape=(8, 8, 1), **TINY))
+  assert evaluation.likelihood_scale_range(
+      bernoulli, tf.zeros((1, 2, 8, 8, 1))) == {}
+
+
 def test_evaluate_bound_rejects_infinite_and_bad_arguments():
   model = runs.build_model("vae", kt.ModelConfig(image_shape=(8, 8, 1), **TINY))
   x = tf.zeros((1, 2, 8, 8, 1))

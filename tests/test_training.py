@@ -155,6 +155,25 @@ def test_data_and_model_shapes_must_agree(mock_omniglot, tmp_path):
     training.train_and_evaluate(gaussian, _train_config(binarize=False), str(tmp_path / "b"))
 
 
+def test_gaussian_test_records_have_bits_per_dim_and_the_pixel_scale_range(mock_omniglot,
+                                                                          tmp_path):
+  """Issue 13: every evaluation of a Gaussian-likelihood run reports the dequantised bound in
+  bits/dim and the range of p(x|z)'s per-pixel scale (collapse or blow-up would show)."""
+  gaussian = kt.ModelConfig.from_dict({**TINY.to_dict(), "likelihood": "gaussian"})
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(gaussian, _train_config(binarize=False, image_every=0), workdir)
+  test = [r for r in _metrics(workdir) if r["split"] == "test"]
+  assert len(test) == 1
+  record = test[0]
+  assert record["bits_per_dim"] > 0
+  assert 1e-3 < record["pixel_scale_min"] <= record["pixel_scale_median"] <= record[
+      "pixel_scale_max"] < 1e3
+  bernoulli = str(tmp_path / "bernoulli")
+  training.train_and_evaluate(TINY, _train_config(image_every=0), bernoulli)
+  assert not any(k.startswith("pixel_scale") or k == "bits_per_dim"
+                 for r in _metrics(bernoulli) for k in r)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(model_type="gan"), "model_type must be one of"),
     (dict(strategy="tpu"), "strategy must be one of"),
