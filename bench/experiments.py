@@ -13,7 +13,12 @@ Each entry:
   runs: {run name: flags of that run}, in table order.
   baseline: the run that the others are compared with (difference of means, same seeds).
   report_steps: optional steps of the report's tables (default: the last step all runs reached).
-  quality_nats: optional; the report adds time-to-quality rows for this bound.
+  metric: optional key of the test records that the tables and the curves' first panel
+    report: "loss" (default; the bound in nats per image) or "bits_per_dim" (Gaussian
+    likelihood: the dequantised bound (nats + HWD log 256) / (HWD log 2); the tables add the
+    mean in nats and the range of the decoder's pixel scale).
+  quality_nats: optional; the report adds time-to-quality rows for this bound (nats; only
+    with metric "loss").
   evals: eval.py flags for the evaluation of each run's last checkpoint ([] = none).
   headline: optional {"title": str, "paper": {run: the paper's number}}: those runs open
     RESULTS.md's headline table.
