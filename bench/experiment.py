@@ -423,15 +423,17 @@ def report_section(name, exp, loaded):
 
 def headline_table(experiments):
   """Markdown rows of RESULTS.md's opening table: for every experiment with a `headline`
-  entry ({"title": str, "paper": {run: nats}}), each of those runs: its seeds, the last step
-  all of them reached, the test bound of each seed there, their mean, and the paper's number.
-  Seeds that stopped earlier are named with their last step."""
-  lines = ["| experiment | run | flags | seeds | step | test bound per seed (nats) | mean | "
-           "paper |", "|---|---|---|---|---|---|---|---|"]
+  entry ({"title": str, "paper": {run: number or None}}), each of those runs: its seeds, the
+  last step all of them reached, the test bound of each seed there in the experiment's metric,
+  their mean, its unit, and the paper's number ("—" for None). Seeds that stopped earlier are
+  named with their last step."""
+  lines = ["| experiment | run | flags | seeds | step | test bound per seed | mean | unit | "
+           "paper |", "|---|---|---|---|---|---|---|---|---|"]
   for name, exp in experiments.items():
     head = exp.get("headline")
     if not head:
       continue
+    metric = metric_of(exp)
     loaded = load_runs(name, exp)
     for run, paper in head["paper"].items():
       tests = {s: loaded[(run, s)]["test"] for s in exp["seeds"]
@@ -441,12 +443,14 @@ def headline_table(experiments):
       step = max(tests[s][-1]["step"] for s in tests)
       full = {s: at_step(t, step) for s, t in tests.items() if at_step(t, step)}
       short = {s: t[-1] for s, t in tests.items() if s not in full}
-      cells = [" ".join(f"{full[s]['loss']:.2f}" for s in sorted(full))]
-      cells += [f"(seed {s}: {r['loss']:.2f} at step {r['step']})" for s, r in sorted(short.items())]
+      cells = [" ".join(_fmt(full[s][metric], metric) for s in sorted(full))]
+      cells += [f"(seed {s}: {_fmt(r[metric], metric)} at step {r['step']})"
+                for s, r in sorted(short.items())]
       flags = " ".join(f"`{f}`" for f in exp["runs"][run]) or "(flagfile)"
       lines.append(f"| {head['title']} | `{run}` | {flags} | "
                    f"{', '.join(map(str, sorted(full)))} | {step} | {' '.join(cells)} | "
-                   f"{_mean([r['loss'] for r in full.values()]):.2f} | {paper} |")
+                   f"{_fmt(_mean([r[metric] for r in full.values()]), metric)} | "
+                   f"{METRICS[metric][0]} | {'—' if paper is None else paper} |")
   return lines
 
 

@@ -20,8 +20,8 @@ Each entry:
   quality_nats: optional; the report adds time-to-quality rows for this bound (nats; only
     with metric "loss").
   evals: eval.py flags for the evaluation of each run's last checkpoint ([] = none).
-  headline: optional {"title": str, "paper": {run: the paper's number}}: those runs open
-    RESULTS.md's headline table.
+  headline: optional {"title": str, "paper": {run: the paper's number, or None when the
+    paper gives none}}: those runs open RESULTS.md's headline table, in the experiment's metric.
   workdir: where a run trains, a template of {experiment}, {run}, {seed}.
   references: optional {row name: "experiment/run"}: rows of the tables read from another
     experiment's results (same seeds), not trained here; the baseline may be one.

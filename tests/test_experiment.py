@@ -201,8 +201,21 @@ def test_headline_table_uses_the_last_step_every_seed_reached(tmp_path, monkeypa
   cells = [c.strip() for c in km.strip("|").split("|")]
   assert cells[0] == "Toy" and cells[3:5] == ["0", "1500"]
   assert cells[5] == "120.00 (seed 1: 146.00 at step 1000)"
-  assert cells[6:] == ["120.00", "68.3"]
+  assert cells[6:] == ["120.00", "nats", "68.3"]
   assert len(lines) == 4  # header, rule, km, vae; EXP has no headline
+  assert lines[0] == ("| experiment | run | flags | seeds | step | test bound per seed | mean | "
+                      "unit | paper |")
+
+
+def test_headline_table_in_bits_per_dim_without_the_papers_number(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  exp = {**GAUSS, "headline": dict(title="Gauss", paper={"km": None, "vae": 112.7})}
+  _write_tests(tmp_path, "km", 0, [_gaussian(500, 5.4, -3100.), _gaussian(1000, 5.0, -4000.)])
+  _write_tests(tmp_path, "km", 1, [_gaussian(500, 5.5, -3000.)])   # stopped at step 500
+  lines = experiment.headline_table({"toy": exp})
+  km = [c.strip() for c in next(l for l in lines if "`km`" in l).strip("|").split("|")]
+  assert km[3:] == ["0", "1000", "5.000 (seed 1: 5.500 at step 500)", "5.000", "bits/dim", "—"]
+  assert len(lines) == 3  # the VAE has no results
 
 
 def test_write_report_fills_the_headline_markers(tmp_path, monkeypatch):
