@@ -121,6 +121,9 @@ EXPERIMENTS = {
         common=["--log_every=100", "--eval_every=1000", "--checkpoint_every=500",
                 "--eval_batches=4", "--image_every=0"],
         baseline="vae",
+        metric="bits_per_dim",
+        # The paper gives CIFAR-10 only as curves (Fig. 12), no number.
+        headline=dict(title="CIFAR-10", paper={"kanerva": None, "vae": None}),
         runs={"kanerva": [], "vae": ["--model=vae"]},
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
