@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from experiments import EXPERIMENTS  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TERMS = ("loss", "reconstruction", "kl_y", "kl_z")
+# An experiment's `metric`: the test record's key of its bound -> (unit, decimals).
+METRICS = {"loss": ("nats", 2), "bits_per_dim": ("bits/dim", 3)}
 
 
 # ----------------------------------------------------------------------------- runs
@@ -259,18 +261,51 @@ def _mean(values):
   return sum(values) / len(values) if values else float("nan")
 
 
+def metric_of(exp):
+  """The experiment's `metric` (default "loss"); ValueError for an unknown one, or for
+  `quality_nats` beside another metric (time to quality is in nats)."""
+  metric = exp.get("metric", "loss")
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}")
+  if metric != "loss" and exp.get("quality_nats"):
+    raise ValueError(f"quality_nats is in nats; the experiment's metric is {metric!r}")
+  return metric
+
+
+def _fmt(value, metric, sign=""):
+  return f"{value:{sign}.{METRICS[metric][1]}f}"
+
+
+def scale_range(tests, step):
+  """(min of pixel_scale_min, max of pixel_scale_max) over the test records up to `step`,
+  or None when they have no such keys (a Bernoulli run, or records older than the keys)."""
+  recs = [r for r in tests if r["step"] <= step and "pixel_scale_min" in r]
+  if not recs:
+    return None
+  return min(r["pixel_scale_min"] for r in recs), max(r["pixel_scale_max"] for r in recs)
+
+
 def summary_table(name, exp, loaded, step=None):
   """Markdown rows: each run's test bound per seed at `step` (default: the experiment's
-  steps, else the last step every run reached), mean, difference from the baseline (same
-  seeds), KL(y), KL(z), KL(z) dip per seed, retrieval R^2."""
+  steps, else the last step every run reached) in the experiment's metric, mean, difference
+  from the baseline (same seeds), for bits/dim the mean in nats and the range of the decoder's
+  pixel scale, then KL(y), KL(z), KL(z) dip per seed, retrieval R^2."""
   seeds = exp["seeds"]
+  metric = metric_of(exp)
   if step is None:
     lasts = [v["test"][-1]["step"] for v in loaded.values() if v["test"]]
     step = min(lasts + [exp["steps"]]) if lasts else exp["steps"]
   base = exp.get("baseline")
+  scales = metric != "loss" and any("pixel_scale_min" in r for v in loaded.values()
+                                    for r in v["test"])
   head = (["run", "flags"] + [f"seed {s}" for s in seeds] +
-          ["mean", f"− {base}" if base else "", "KL(y)", "KL(z)", "KL(z) dips", "retrieval R²"])
-  lines = [f"Test bound (eq. 12 / T, nats; 64 test episodes of T=32) at step {step}:", "",
+          ["mean", f"− {base}" if base else ""] +
+          (["nats"] if metric != "loss" else []) +
+          (["pixel scale (min–max over training)"] if scales else []) +
+          ["KL(y)", "KL(z)", "KL(z) dips", "retrieval R²"])
+  bound = ("eq. 12 / T, nats" if metric == "loss"
+           else f"dequantised eq. 12 / T in {METRICS[metric][0]}")
+  lines = [f"Test bound ({bound}; 64 test episodes of T=32) at step {step}:", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   base_losses = {s: at_step(loaded[(base, s)]["test"], step)
                  for s in seeds if (base, s) in loaded} if base else {}
@@ -280,11 +315,18 @@ def summary_table(name, exp, loaded, step=None):
     cells = [f"`{run}`", " ".join(f"`{f}`" for f in flags) or "(flagfile)"]
     if source != name:
       cells[1] += f" (results of `{source}/{source_run}`)"
-    cells += [f"{rec[s]['loss']:.2f}" if s in rec else "—" for s in seeds]
-    cells.append(f"{_mean([r['loss'] for r in rec.values()]):.2f}" if rec else "—")
-    diffs = [rec[s]["loss"] - base_losses[s]["loss"] for s in rec
+    cells += [_fmt(rec[s][metric], metric) if s in rec else "—" for s in seeds]
+    cells.append(_fmt(_mean([r[metric] for r in rec.values()]), metric) if rec else "—")
+    diffs = [rec[s][metric] - base_losses[s][metric] for s in rec
              if base_losses.get(s) is not None]
-    cells.append(f"{_mean(diffs):+.2f}" if diffs and run != base else "")
+    cells.append(_fmt(_mean(diffs), metric, "+") if diffs and run != base else "")
+    if metric != "loss":
+      cells.append(f"{_mean([r['loss'] for r in rec.values()]):.2f}" if rec else "—")
+    if scales:
+      ranges = [scale_range(loaded[(run, s)]["test"], step) for s in rec]
+      ranges = [r for r in ranges if r is not None]
+      cells.append(f"{min(lo for lo, _ in ranges):.4g}–{max(hi for _, hi in ranges):.4g}"
+                   if ranges else "—")
     for term in ("kl_y", "kl_z"):
       vals = [r[term] for r in rec.values() if term in r]
       cells.append(f"{_mean(vals):.2f}" if vals else "—")
@@ -304,8 +346,9 @@ def summary_table(name, exp, loaded, step=None):
 
 def time_to_quality(exp, loaded, nats):
   """Markdown rows: for each non-baseline run and seed, the step and wall-clock minutes of
-  training (from metrics.jsonl's timestamps) until its test bound is first below the
-  baseline's at the same step, and until it is first below `nats`."""
+  training (from metrics.jsonl's timestamps) until its test bound in nats (whatever the
+  experiment's metric) is first below the baseline's at the same step, and until it is
+  first below `nats`."""
   base = exp["baseline"]
   lines = [f"Time to quality (wall-clock minutes of training on this machine, pauses left out; "
            f"they depend on the machine and on what else ran):", "",
@@ -329,9 +372,13 @@ def time_to_quality(exp, loaded, nats):
 
 
 def plot_curves(name, exp, loaded, path):
+  """The test curves of every run and seed: the bound in the experiment's metric, then
+  reconstruction, KL(y), KL(z) in nats."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  metric = metric_of(exp)
+  terms = (metric,) + TERMS[1:]
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for i, (run, *_) in enumerate(table_rows(name, exp)):
@@ -339,16 +386,17 @@ def plot_curves(name, exp, loaded, path):
       if (run, seed) not in loaded:
         continue
       tests = loaded[(run, seed)]["test"]
-      for ax, term in zip(axes, TERMS):
+      for ax, term in zip(axes, terms):
         pts = [(r["step"], r[term]) for r in tests if term in r]
         if pts:
           ax.plot(*zip(*pts), color=colors[i % len(colors)], alpha=0.9,
                   linestyle=("-", "--", ":", "-.")[j % 4],
-                  label=f"{run} s{seed}" if term == "loss" else None)
-  for ax, term in zip(axes, TERMS):
-    ax.set_title(f"test {term}")
+                  label=f"{run} s{seed}" if term == metric else None)
+  for ax, term in zip(axes, terms):
+    ax.set_title("test bits/dim" if term == "bits_per_dim" else f"test {term}")
     ax.set_xlabel("step")
-  axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 250))
+  if metric == "loss":   # the first steps' bounds would hide the rest
+    axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 250))
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
@@ -375,15 +423,17 @@ def report_section(name, exp, loaded):
 
 def headline_table(experiments):
   """Markdown rows of RESULTS.md's opening table: for every experiment with a `headline`
-  entry ({"title": str, "paper": {run: nats}}), each of those runs: its seeds, the last step
-  all of them reached, the test bound of each seed there, their mean, and the paper's number.
-  Seeds that stopped earlier are named with their last step."""
-  lines = ["| experiment | run | flags | seeds | step | test bound per seed (nats) | mean | "
-           "paper |", "|---|---|---|---|---|---|---|---|"]
+  entry ({"title": str, "paper": {run: number or None}}), each of those runs: its seeds, the
+  last step all of them reached, the test bound of each seed there in the experiment's metric,
+  their mean, its unit, and the paper's number ("—" for None). Seeds that stopped earlier are
+  named with their last step."""
+  lines = ["| experiment | run | flags | seeds | step | test bound per seed | mean | unit | "
+           "paper |", "|---|---|---|---|---|---|---|---|---|"]
   for name, exp in experiments.items():
     head = exp.get("headline")
     if not head:
       continue
+    metric = metric_of(exp)
     loaded = load_runs(name, exp)
     for run, paper in head["paper"].items():
       tests = {s: loaded[(run, s)]["test"] for s in exp["seeds"]
@@ -393,12 +443,14 @@ def headline_table(experiments):
       step = max(tests[s][-1]["step"] for s in tests)
       full = {s: at_step(t, step) for s, t in tests.items() if at_step(t, step)}
       short = {s: t[-1] for s, t in tests.items() if s not in full}
-      cells = [" ".join(f"{full[s]['loss']:.2f}" for s in sorted(full))]
-      cells += [f"(seed {s}: {r['loss']:.2f} at step {r['step']})" for s, r in sorted(short.items())]
+      cells = [" ".join(_fmt(full[s][metric], metric) for s in sorted(full))]
+      cells += [f"(seed {s}: {_fmt(r[metric], metric)} at step {r['step']})"
+                for s, r in sorted(short.items())]
       flags = " ".join(f"`{f}`" for f in exp["runs"][run]) or "(flagfile)"
       lines.append(f"| {head['title']} | `{run}` | {flags} | "
                    f"{', '.join(map(str, sorted(full)))} | {step} | {' '.join(cells)} | "
-                   f"{_mean([r['loss'] for r in full.values()]):.2f} | {paper} |")
+                   f"{_fmt(_mean([r[metric] for r in full.values()]), metric)} | "
+                   f"{METRICS[metric][0]} | {'—' if paper is None else paper} |")
   return lines
 
 
@@ -452,6 +504,7 @@ def main(argv=None):
   if args.parallel < 1:
     parser.error(f"--parallel must be >= 1; got {args.parallel}")
   exp = EXPERIMENTS[args.name]
+  metric_of(exp)   # fails before training on a malformed `metric`
   if args.train:
     train(args.name, exp, args)
   if args.eval:

@@ -13,10 +13,15 @@ Each entry:
   runs: {run name: flags of that run}, in table order.
   baseline: the run that the others are compared with (difference of means, same seeds).
   report_steps: optional steps of the report's tables (default: the last step all runs reached).
-  quality_nats: optional; the report adds time-to-quality rows for this bound.
+  metric: optional key of the test records that the tables and the curves' first panel
+    report: "loss" (default; the bound in nats per image) or "bits_per_dim" (Gaussian
+    likelihood: the dequantised bound (nats + HWD log 256) / (HWD log 2); the tables add the
+    mean in nats and the range of the decoder's pixel scale).
+  quality_nats: optional; the report adds time-to-quality rows for this bound (nats; only
+    with metric "loss").
   evals: eval.py flags for the evaluation of each run's last checkpoint ([] = none).
-  headline: optional {"title": str, "paper": {run: the paper's number}}: those runs open
-    RESULTS.md's headline table.
+  headline: optional {"title": str, "paper": {run: the paper's number, or None when the
+    paper gives none}}: those runs open RESULTS.md's headline table, in the experiment's metric.
   workdir: where a run trains, a template of {experiment}, {run}, {seed}.
   references: optional {row name: "experiment/run"}: rows of the tables read from another
     experiment's results (same seeds), not trained here; the baseline may be one.
@@ -116,6 +121,9 @@ EXPERIMENTS = {
         common=["--log_every=100", "--eval_every=1000", "--checkpoint_every=500",
                 "--eval_batches=4", "--image_every=0"],
         baseline="vae",
+        metric="bits_per_dim",
+        # The paper gives CIFAR-10 only as curves (Fig. 12), no number.
+        headline=dict(title="CIFAR-10", paper={"kanerva": None, "vae": None}),
         runs={"kanerva": [], "vae": ["--model=vae"]},
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),

@@ -27,8 +27,27 @@ def _write_run(root, run, seed, losses, kl_z=None):
                           "kl_y": 1., "kl_z": (kl_z or [5.] * len(losses))[i]}) + "\n")
 
 
+def _write_tests(root, run, seed, records):
+  """A run of test records only: {"step": ..., other keys} each."""
+  d = os.path.join(root, "results", "toy", run, f"s{seed}")
+  os.makedirs(d)
+  with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+    for r in records:
+      f.write(json.dumps({"split": "test", **r}) + "\n")
+
+
+def _gaussian(step, bpd, loss, scale=None):
+  return {"step": step, "bits_per_dim": bpd, "loss": loss, "reconstruction": loss,
+          "kl_y": 1., "kl_z": 5., **({"pixel_scale_min": scale[0], "pixel_scale_max": scale[1]}
+                                      if scale else {})}
+
+
+GAUSS = {**EXP, "steps": 1000, "metric": "bits_per_dim"}
+
+
 def test_every_experiment_is_well_formed():
   for name, exp in experiments.EXPERIMENTS.items():
+    experiment.metric_of(exp)   # a known metric; quality_nats only with nats
     assert exp["baseline"] in {**exp["runs"], **exp.get("references", {})}, name
     for row, source in exp.get("references", {}).items():
       other, run = source.split("/")
@@ -62,6 +81,63 @@ def test_summary_table_means_differences_and_dips(tmp_path, monkeypatch):
   assert cells[2:5] == ["120.00", "130.00", "125.00"]
   assert cells[5] == "-17.00"      # mean of (120 - 140, 130 - 144)
   assert cells[8] == "yes no"
+
+
+def test_summary_table_in_bits_per_dim(tmp_path, monkeypatch):
+  """metric bits_per_dim: bound cells, mean and difference in bits/dim, the mean in nats, and
+  the decoder's pixel scale over the records up to the table's step and the row's seeds."""
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  # The report reads each key as written (these bits/dim are not computed from the nats).
+  _write_tests(tmp_path, "vae", 0, [_gaussian(500, 5.5, -3000., (0.02, 0.5)),
+                                    _gaussian(1000, 5.2, -3500., (0.01, 0.4))])
+  _write_tests(tmp_path, "vae", 1, [_gaussian(500, 5.6, -2900.),   # records without the scale
+                                    _gaussian(1000, 5.3, -3300.)])
+  _write_tests(tmp_path, "km", 0, [_gaussian(500, 5.4, -3100., (0.0123456, 0.9)),
+                                   _gaussian(1000, 5.0, -4000., (0.005, 0.6))])
+  _write_tests(tmp_path, "km", 1, [_gaussian(500, 5.5, -3000., (0.04, 1.23456)),
+                                   _gaussian(1000, 5.1, -3800., (0.02, 0.7))])
+  loaded = experiment.load_runs("toy", GAUSS)
+  lines = experiment.summary_table("toy", GAUSS, loaded)
+  assert lines[0] == ("Test bound (dequantised eq. 12 / T in bits/dim; 64 test episodes of "
+                      "T=32) at step 1000:")
+  assert [c.strip() for c in lines[2].strip("|").split("|")] == [
+      "run", "flags", "seed 0", "seed 1", "mean", "− vae", "nats",
+      "pixel scale (min–max over training)", "KL(y)", "KL(z)", "KL(z) dips", "retrieval R²"]
+  cells = {l.split("|")[1].strip(): [c.strip() for c in l.strip("|").split("|")]
+           for l in lines[4:]}
+  assert cells["`km`"][2:8] == ["5.000", "5.100", "5.050", "-0.200", "-3900.00", "0.005–1.235"]
+  assert cells["`vae`"][2:8] == ["5.200", "5.300", "5.250", "", "-3400.00", "0.01–0.5"]
+  km500 = next(l for l in experiment.summary_table("toy", GAUSS, loaded, 500)
+               if l.startswith("| `km`"))
+  assert [c.strip() for c in km500.strip("|").split("|")][2:8] == [
+      "5.400", "5.500", "5.450", "-0.100", "-3050.00", "0.01235–1.235"]
+
+
+def test_metric_must_be_known_and_quality_nats_stays_in_nats():
+  assert experiment.metric_of(EXP) == "loss" and experiment.metric_of(GAUSS) == "bits_per_dim"
+  with pytest.raises(ValueError, match="metric must be one of"):
+    experiment.metric_of({**EXP, "metric": "bpd"})
+  with pytest.raises(ValueError, match="quality_nats is in nats"):
+    experiment.metric_of({**GAUSS, "quality_nats": 100})
+
+
+def test_curves_plot_bits_per_dim_without_the_nats_clamp(tmp_path, monkeypatch):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  _write_tests(tmp_path, "km", 0, [_gaussian(500, 400., -3000.), _gaussian(1000, 300., -3500.)])
+  figures, close = [], plt.close
+  monkeypatch.setattr(plt, "close", figures.append)   # keeps the figure to look at
+  path = tmp_path / "curves.png"
+  experiment.plot_curves("toy", GAUSS, experiment.load_runs("toy", GAUSS), str(path))
+  assert path.exists()
+  axes = figures[0].axes
+  assert [ax.get_title() for ax in axes] == ["test bits/dim", "test reconstruction",
+                                             "test kl_y", "test kl_z"]
+  assert axes[0].get_ylim()[1] >= 400.   # no clamp at 250 (that is for nats)
+  assert axes[1].get_ylim()[1] < 0.      # the other panels stay in nats
+  close(figures[0])
 
 
 def test_report_replaces_only_its_marked_section(tmp_path, monkeypatch):
@@ -125,8 +201,21 @@ def test_headline_table_uses_the_last_step_every_seed_reached(tmp_path, monkeypa
   cells = [c.strip() for c in km.strip("|").split("|")]
   assert cells[0] == "Toy" and cells[3:5] == ["0", "1500"]
   assert cells[5] == "120.00 (seed 1: 146.00 at step 1000)"
-  assert cells[6:] == ["120.00", "68.3"]
+  assert cells[6:] == ["120.00", "nats", "68.3"]
   assert len(lines) == 4  # header, rule, km, vae; EXP has no headline
+  assert lines[0] == ("| experiment | run | flags | seeds | step | test bound per seed | mean | "
+                      "unit | paper |")
+
+
+def test_headline_table_in_bits_per_dim_without_the_papers_number(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  exp = {**GAUSS, "headline": dict(title="Gauss", paper={"km": None, "vae": 112.7})}
+  _write_tests(tmp_path, "km", 0, [_gaussian(500, 5.4, -3100.), _gaussian(1000, 5.0, -4000.)])
+  _write_tests(tmp_path, "km", 1, [_gaussian(500, 5.5, -3000.)])   # stopped at step 500
+  lines = experiment.headline_table({"toy": exp})
+  km = [c.strip() for c in next(l for l in lines if "`km`" in l).strip("|").split("|")]
+  assert km[3:] == ["0", "1000", "5.000 (seed 1: 5.500 at step 500)", "5.000", "bits/dim", "—"]
+  assert len(lines) == 3  # the VAE has no results
 
 
 def test_write_report_fills_the_headline_markers(tmp_path, monkeypatch):
