@@ -62,6 +62,10 @@ def define_flags(fv=flags.FLAGS):
                     "skip.)", flag_values=fv)
   flags.DEFINE_integer("fidelity_episodes", 32, "Episodes per class count for "
                        "--generation_fidelity.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("conditioning_size", None, "Images written to the memory for the "
+                       "generation figure and its fidelity (default: the dataset's, 24 for "
+                       "cifar10 as in Fig. 5, else 12 as in Fig. 4).", lower_bound=1,
+                       flag_values=fv)
   flags.DEFINE_list("episode_sizes", ["16", "32", "64", "128", "256"], "Episode sizes T of "
                     "the bound-vs-episode-size sweep (Fig. 6 right); empty = no sweep.",
                     flag_values=fv)
@@ -98,7 +102,7 @@ def main(argv, fv=flags.FLAGS):
   flag_values = {name: fv[name].value for name in (
       "workdir", "checkpoint", "out_dir", "split", "num_batches", "batch_size", "episode_length",
       "seed", "importance_samples", "figures", "episode_sizes", "class_counts", "data_dir",
-      "generation_fidelity", "fidelity_episodes")}
+      "generation_fidelity", "fidelity_episodes", "conditioning_size")}
   try:
     result = evaluate_run.run_evaluation(
         fv.workdir, fv.out_dir, checkpoint=fv.checkpoint, num_batches=fv.num_batches or None,
@@ -107,6 +111,7 @@ def main(argv, fv=flags.FLAGS):
         data_dir=fv.data_dir, episode_sizes=[int(t) for t in fv.episode_sizes],
         class_counts=[None if c == "all" else int(c) for c in fv.class_counts],
         fidelity=fv.generation_fidelity, fidelity_episodes=fv.fidelity_episodes,
+        conditioning_size=fv.conditioning_size,
         command_line={"argv": list(sys.argv), "flags": flag_values})
   except FileNotFoundError as e:  # no checkpoint, or the data is not prepared
     raise app.UsageError(str(e)) from e

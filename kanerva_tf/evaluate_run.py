@@ -32,10 +32,12 @@ from kanerva_tf.evaluation import evaluate_bound
 from kanerva_tf.evaluation import generation_fidelity
 from kanerva_tf.model import KanervaMachine
 
-__all__ = ["EVAL_FILE", "CONDITIONING_SIZE", "run_evaluation", "format_summary"]
+__all__ = ["EVAL_FILE", "CONDITIONING_SIZE", "CONDITIONING_SIZES", "run_evaluation",
+           "format_summary"]
 
 EVAL_FILE = "eval.json"
 CONDITIONING_SIZE = 12                   # Fig. 4: "conditioned on 12 random examples"
+CONDITIONING_SIZES = {"cifar10": 24}     # Fig. 5: "conditioned on 24 random images"
 
 
 
@@ -71,7 +73,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
                    split="test", dataset=None, data_dir=None,
                    episode_sizes: Sequence[int] = EPISODE_SIZES,
                    class_counts: Sequence[Optional[int]] = CLASS_COUNTS,
-                   fidelity=True, fidelity_episodes=32,
+                   fidelity=True, fidelity_episodes=32, conditioning_size=None,
                    command_line=None, model_overrides=None):
   """Evaluates a training run; writes `<out_dir>/eval.json` and the figures.
 
@@ -94,7 +96,10 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
       fidelity; None or "all" = no class restriction.
     fidelity: compute `generation_fidelity` (Fig. 4 as a number: are the samples nearer to
       the conditioning images than to other test images?) for each class count.
-    fidelity_episodes: episodes of `CONDITIONING_SIZE` images per class count for it.
+    fidelity_episodes: episodes of `conditioning_size` images per class count for it.
+    conditioning_size: images written to the memory for the generation figure and the
+      generation fidelity; None = the dataset's (`CONDITIONING_SIZES`: 24 for CIFAR-10 as in
+      Fig. 5, else `CONDITIONING_SIZE`, 12, as in Fig. 4).
     command_line: recorded in eval.json (e.g. sys.argv and the flag values).
     model_overrides: `ModelConfig` fields changed for the evaluation (`runs.restore_model`),
       recorded in eval.json.
@@ -118,6 +123,8 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
   episode_sizes = tuple(check_int("episode size", t, minimum=1) for t in episode_sizes)
   class_counts = _check_class_counts(class_counts)
   fidelity_episodes = check_int("fidelity_episodes", fidelity_episodes, minimum=1)
+  if conditioning_size is not None:
+    conditioning_size = check_int("conditioning_size", conditioning_size, minimum=1)
 
   model, run_config, step = runs.restore_model(workdir, checkpoint, model_overrides)
   checkpoint = checkpoint or tf.train.latest_checkpoint(runs.checkpoint_dir(workdir))
@@ -127,6 +134,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
   is_km = isinstance(model, KanervaMachine)
   data_kwargs = _data_kwargs(run_config, dataset, data_dir)
   name = data_kwargs["dataset"]
+  conditioning_size = conditioning_size or CONDITIONING_SIZES.get(name, CONDITIONING_SIZE)
   load_kwargs = {k: v for k, v in data_kwargs.items() if k != "dataset"}
   info = data_lib.dataset_info(name, split, **load_kwargs)
   if info.image_shape != config.image_shape:
@@ -172,7 +180,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
   if fidelity:
     fidelity_result = generation_fidelity(
         model, data_kwargs, split, class_counts=class_counts, num_episodes=fidelity_episodes,
-        conditioning_size=CONDITIONING_SIZE, batch_size=batch_size, seed=seed)
+        conditioning_size=conditioning_size, batch_size=batch_size, seed=seed)
     for label, reason in fidelity_result["skipped"].items():
       notes.append(f"generation_fidelity: {label} classes skipped: {reason}")
     if not fidelity_result["conditioned"]:
@@ -188,7 +196,7 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
     conditioning = {}
     reads_memory = isinstance(model, MEMORY_MODELS)  # KM or DNC
     if reads_memory:
-      size = CONDITIONING_SIZE
+      size = conditioning_size
       for c in class_counts:
         problem = class_count_problem(c, info)
         if problem is None and c is not None and c > size:
@@ -232,7 +240,8 @@ def run_evaluation(workdir, out_dir=None, *, checkpoint=None, num_batches=None, 
       "workdir": str(workdir), "checkpoint": checkpoint, "step": step, "model_type": model_type,
       "likelihood": config.likelihood, "dataset": name, "data": data_kwargs, "split": split,
       "episode_length": t, "batch_size": batch_size, "num_batches": num_batches, "seed": seed,
-      "importance_samples": importance_samples, "bound": bound, "sweep": sweep,
+      "importance_samples": importance_samples, "conditioning_size": conditioning_size,
+      "bound": bound, "sweep": sweep,
       "generation_fidelity": fidelity_result,
       "addressing": addressing, "model_overrides": model_overrides or {},
       "figures": written, "notes": notes, "command_line": command_line, "out_dir": out_dir,

@@ -139,6 +139,7 @@ def test_run_evaluation_kanerva(tmp_path, check_png):
   fidelity = saved["generation_fidelity"]
   assert fidelity["class_counts"] == ["2", "12", "all"] and fidelity["conditioned"]
   assert fidelity["conditioning_size"] == evaluate_run.CONDITIONING_SIZE == 12
+  assert saved["conditioning_size"] == 12  # Omniglot's default (Fig. 4)
   assert fidelity["num_episodes"] == 2 and fidelity["iterations"] == [0, 2, 4, 6, 8]
   # 6 mock classes: no episode of 12 classes; 12 images of 'all' classes leave too few other
   # classes to match theirs.
@@ -189,6 +190,24 @@ def test_run_evaluation_errors(tmp_path):
 
 
 @pytest.mark.slow
+def test_run_evaluation_conditioning_size(tmp_path):
+  """The images written for the generation figure and its fidelity: the dataset's default
+  (24 for CIFAR-10, Fig. 5; 12 otherwise) or the argument; a bad value fails first."""
+  assert evaluate_run.CONDITIONING_SIZES["cifar10"] == 24
+  workdir = tmp_path / "run"
+  _make_run(workdir, "kanerva")
+  kwargs = dict(num_batches=1, batch_size=2, seed=1, episode_sizes=(), figures=False,
+                class_counts=(2,), fidelity_episodes=1)
+  with mocked_omniglot():
+    result = evaluate_run.run_evaluation(str(workdir), str(tmp_path / "a"), **kwargs,
+                                         conditioning_size=4)
+    with pytest.raises(ValueError, match="conditioning_size"):
+      evaluate_run.run_evaluation(str(workdir), str(tmp_path / "b"), **kwargs,
+                                  conditioning_size=0)
+  assert result["conditioning_size"] == 4
+  assert result["generation_fidelity"]["conditioning_size"] == 4
+
+
 def test_run_evaluation_model_overrides(tmp_path):
   """A read switch can be overridden at evaluation (mean-field reads vs Appendix F's)."""
   workdir = tmp_path / "run"
