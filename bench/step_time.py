@@ -12,10 +12,12 @@ random binary episodes, so the input pipeline is not included. Configurations (`
 section 3.3), `kanerva_chunk8`, the same with `_jit` (XLA), `vae_bf16` and `kanerva_bf16`
 (`TrainConfig.precision="bfloat16"`: the encoder and decoder under Keras' mixed_bfloat16
 policy), each also as `cifar_<config>` on the CIFAR-10
-preset (ratios to `cifar_vae`), and `kanerva_before`: the default Kanerva
-Machine with the two code changes the profile led to undone (einsum addressing, no-op decoder
-slices; see `_undo_profile_fixes`), so that with `--onednn 1,0` one run times the code before
-all three fixes (`kanerva_before`, oneDNN off) and after them (`kanerva`, oneDNN on).
+preset (ratios to `cifar_vae`), `kanerva_before`: the default Kanerva Machine with
+issue 17's op reductions of the memory path undone (the code of commit 976c318; see
+`_undo_speed_fixes`), and `kanerva_before_a69f5a7`: with, in addition, the two code changes
+of commit a69f5a7 undone (einsum addressing, no-op decoder slices; `_undo_profile_fixes`),
+so that with `--onednn 1,0` one run times the code before all those fixes
+(`kanerva_before_a69f5a7`, oneDNN off) and after them (`kanerva`, oneDNN on).
 
 TensorFlow's oneDNN kernels can only be switched per process (`TF_ENABLE_ONEDNN_OPTS` is read
 at import), so each `--onednn` setting runs in its own worker process. Every configuration of
@@ -40,11 +42,11 @@ import sys
 import time
 
 _OMNIGLOT_CONFIGS = ("vae", "kanerva", "kanerva_online", "kanerva_chunk8", "vae_jit",
-                     "kanerva_jit", "kanerva_online_jit", "kanerva_before", "vae_bf16",
-                     "kanerva_bf16")
+                     "kanerva_jit", "kanerva_online_jit", "kanerva_before",
+                     "kanerva_before_a69f5a7", "vae_bf16", "kanerva_bf16")
 # cifar_<config>: the same on the CIFAR-10 preset (32x32x3, K=128, C=200, 32 filters).
 ALL_CONFIGS = _OMNIGLOT_CONFIGS + tuple("cifar_" + c for c in _OMNIGLOT_CONFIGS
-                                        if c != "kanerva_before")
+                                        if not c.startswith("kanerva_before"))
 DEFAULT_CONFIGS = "vae,kanerva,kanerva_online,vae_jit,kanerva_jit"
 
 
@@ -78,7 +80,9 @@ def _worker(args):
     is_vae = name.removeprefix("cifar_").startswith("vae")
     precision = "bfloat16" if name.endswith("_bf16") else "float32"
     model = (kt.VAE if is_vae else kt.KanervaMachine)(model_cfg, precision=precision)
-    if name == "kanerva_before":
+    if name.startswith("kanerva_before"):
+      _undo_speed_fixes(tf, model)
+    if name == "kanerva_before_a69f5a7":
       _undo_profile_fixes(tf, model)
     model(tf.constant(x[:1]))
     optimizer = keras.optimizers.Adam(1e-4)
@@ -135,6 +139,69 @@ def _undo_profile_fixes(tf, model):
     (h_in, w_in), target = sizes[n - i], sizes[n - i - 1]
     if (2 * h_in, 2 * w_in) == tuple(target):  # the stages where the old slice was a no-op
       deconv.call = lambda h, call=deconv.call, t=target: call(h)[:, :t[0], :t[1], :]
+
+
+def _undo_speed_fixes(tf, model):
+  """Puts back, on this one KanervaMachine instance, the memory path of commit 976c318 (before
+  issue 17's op reductions), for a before/after in the same run (`kanerva_before`):
+
+  - the key network f run twice (write and read addresses) with A normalised twice, and the
+    addressing as `tf.tensordot(key, A, [[-1], [-1]])` (which transposes A);
+  - the write (`KanervaMemory.update`, batch) with R_0 and U_0 broadcast to every episode,
+    `tf.einsum` products and one triangular solve of [Sigma_c | Delta] sliced apart
+    (`kanerva_tf.memory._write`, unchanged);
+  - the read w R' as `tf.einsum`, and e_mean(x) sliced from the embedding again for
+    read_posterior="encoder_skip".
+  """
+  from kanerva_tf import memory as memory_lib  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import model as model_lib  # pylint: disable=g-import-not-at-top
+  from tensorflow_probability.python.internal import prefer_static as ps  # pylint: disable=g-import-not-at-top
+
+  def addressing_weights(y):
+    return tf.tensordot(model.key(y), model.normalized_addresses(), [[-1], [-1]])
+
+  def write_and_read_weights(mean_y, scale_y, write_seed, read_seed):
+    w_write = model.write_weights(mean_y, scale_y, write_seed)
+    return w_write, addressing_weights(model_lib._sample_normal(mean_y, scale_y, read_seed))  # pylint: disable=protected-access
+
+  def update(prior, w, z, noise_variance, z_variance):  # KanervaMemory.update, method="batch"
+    obs_var = tf.convert_to_tensor(noise_variance, dtype=prior.dtype)
+    if z_variance is not None:
+      obs_var = obs_var + z_variance
+    obs_var = tf.broadcast_to(obs_var, ps.shape(w)[:-1])
+    loc, u = tf.convert_to_tensor(prior.loc), tf.convert_to_tensor(prior.row_covariance)
+    batch = ps.broadcast_shape(
+        ps.broadcast_shape(ps.shape(loc)[:-2], ps.shape(u)[:-2]),
+        ps.broadcast_shape(ps.shape(w)[:-2], ps.shape(z)[:-2]))
+    loc = tf.broadcast_to(loc, ps.concat([batch, ps.shape(loc)[-2:]], 0))
+    u = tf.broadcast_to(u, ps.concat([batch, ps.shape(u)[-2:]], 0))
+    w = tf.broadcast_to(w, ps.concat([batch, ps.shape(w)[-2:]], 0))
+    z = tf.broadcast_to(z, ps.concat([batch, ps.shape(z)[-2:]], 0))
+    obs_var = tf.broadcast_to(obs_var, ps.concat([batch, ps.shape(obs_var)[-1:]], 0))
+    new_loc, new_u = memory_lib._write(loc, u, w, z, obs_var)  # pylint: disable=protected-access
+    return memory_lib.KanervaMemory(new_loc, new_u, name=prior.name)
+
+  cfg = model.config
+  if cfg.write_method != "batch" or cfg.row_covariance != "full" or cfg.distribution_memory:
+    raise ValueError("_undo_speed_fixes: only for the default batch write, full U, sample write")
+
+  def write(embedding, w, seed, prior=None, q_z_x=None):
+    del q_z_x
+    mean, scale = model_lib._split_normal(embedding)  # pylint: disable=protected-access
+    z = model_lib._sample_normal(mean, scale, seed)  # pylint: disable=protected-access
+    return update(model.prior() if prior is None else prior, w, z, cfg.noise_variance, None)
+
+  def memory_prior_on_z(memory, w):
+    return (tf.einsum("...tk,...kc->...tc", w, tf.convert_to_tensor(memory.loc)),
+            tf.constant(cfg.noise_variance ** 0.5, tf.float32))
+
+  q_z_params = model.q_z_params
+  model.addressing_weights = addressing_weights
+  model._write_and_read_weights = write_and_read_weights  # pylint: disable=protected-access
+  model._write = write  # pylint: disable=protected-access
+  model._memory_prior_on_z = memory_prior_on_z  # pylint: disable=protected-access
+  model.q_z_params = lambda embedding, prior_mean, prior_scale=None, encoder_mean=None: (
+      q_z_params(embedding, prior_mean, prior_scale))
 
 
 def _model_config(kt, args, cifar=False):
@@ -319,18 +386,23 @@ def main(argv=None):
             f"{'%.1f' % (gflop / med) if gflop else 'n/a'} | "
             f"{'%.0f%%' % (100 * gflop / med / peak) if gflop else 'n/a'} | "
             f"{w.ready[c]['compile_s']:.1f} |")
+  def ratio(a, b):  # median of the per-round ratios of two timed series
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
   if "kanerva_before" in configs and "kanerva" in configs:
-    def ratio(a, b):  # median of the per-round ratios of two timed series
-      return statistics.median(x / y for x, y in zip(times[a], times[b]))
-    print(f"\nprofile fixes, before / after (median of per-round ratios):")
+    print(f"\nissue 17 memory-path op reductions, before / after (median of per-round ratios):")
     for s in settings:
-      print(f"- einsum addressing + no-op decoder slices undone, oneDNN "
-            f"{'on' if s == '1' else 'off'}: kanerva_before / kanerva = "
-            f"{ratio((s, 'kanerva_before'), (s, 'kanerva')):.3f}")
+      print(f"- code of 976c318, oneDNN {'on' if s == '1' else 'off'}: "
+            f"kanerva_before / kanerva = {ratio((s, 'kanerva_before'), (s, 'kanerva')):.3f}")
+  if "kanerva_before_a69f5a7" in configs and "kanerva" in configs:
+    print(f"\nprofile fixes of a69f5a7 and issue 17, before / after (median of per-round ratios):")
+    for s in settings:
+      print(f"- einsum addressing + no-op decoder slices + issue 17 undone, oneDNN "
+            f"{'on' if s == '1' else 'off'}: kanerva_before_a69f5a7 / kanerva = "
+            f"{ratio((s, 'kanerva_before_a69f5a7'), (s, 'kanerva')):.3f}")
     if {"0", "1"} <= set(settings):
-      print(f"- all three (code before the fixes with oneDNN off vs the current default): "
-            f"kanerva_before (oneDNN off) / kanerva (oneDNN on) = "
-            f"{ratio(('0', 'kanerva_before'), ('1', 'kanerva')):.3f}")
+      print(f"- all (code before the fixes with oneDNN off vs the current default): "
+            f"kanerva_before_a69f5a7 (oneDNN off) / kanerva (oneDNN on) = "
+            f"{ratio(('0', 'kanerva_before_a69f5a7'), ('1', 'kanerva')):.3f}")
   fastest = min(configs, key=lambda c: statistics.median(times[(ref, c)]))
   print(f"\nfastest configuration (oneDNN={ref}): {fastest}")
   print(f"matmul peak (float32, tf.linalg.matmul in tf.function, oneDNN={ref}): {peak:.1f} GFLOP/s")

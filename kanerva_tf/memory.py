@@ -227,7 +227,7 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
       `[..., T, C]`, the means `w_t^T R` of p(z_t | y_t, M).
     """
     w = self._check_weights(w, "read")
-    return tf.einsum("...tk,...kc->...tc", w, tf.convert_to_tensor(self._loc))
+    return tf.linalg.matmul(w, tf.convert_to_tensor(self._loc))  # [..., T, K] x [..., K, C]
 
   def predictive(self, w, noise_variance=1.0):
     """The distribution-based read of Appendix F, eq. 19: M integrated out.
@@ -319,9 +319,20 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
         z_variance = tf.convert_to_tensor(z_variance, dtype=self.dtype, name="z_variance")
         obs_var = obs_var + z_variance
       obs_var = tf.broadcast_to(obs_var, ps.shape(w)[:-1])
-      # Broadcast memory, weights and codes to a common batch shape.
       loc = tf.convert_to_tensor(self._loc)
       u = tf.convert_to_tensor(self._row_covariance)
+      if (method == "batch" and loc.shape.rank == 2 and u.shape.rank == 2
+          and w.shape.rank is not None and z.shape.rank is not None):
+        # One memory (batch shape []) written with a batch of episodes, as in training:
+        # no copy of R and U per episode (`_write_shared`).
+        batch = ps.broadcast_shape(ps.shape(w)[:-2], ps.shape(z)[:-2])
+        w = tf.broadcast_to(w, ps.concat([batch, ps.shape(w)[-2:]], 0))
+        z = tf.broadcast_to(z, ps.concat([batch, ps.shape(z)[-2:]], 0))
+        obs_var = tf.broadcast_to(obs_var, ps.concat([batch, ps.shape(obs_var)[-1:]], 0))
+        new_loc, new_u = _write_shared(loc, u, w, z, obs_var)
+        return KanervaMemory(new_loc, new_u, validate_args=self.validate_args,
+                             allow_nan_stats=self.allow_nan_stats, name=self.name)
+      # Broadcast memory, weights and codes to a common batch shape.
       batch = ps.broadcast_shape(
           ps.broadcast_shape(ps.shape(loc)[:-2], ps.shape(u)[:-2]),
           ps.broadcast_shape(ps.shape(w)[:-2], ps.shape(z)[:-2]))
@@ -408,6 +419,36 @@ def _write(loc, u, w, z, obs_var):
   b, e = solved[..., :k], solved[..., k:]
   new_loc = loc + tf.einsum("...tk,...tc->...kc", b, e)             # eq. 11
   new_u = u - tf.einsum("...tk,...tl->...kl", b, b)                 # eq. 11
+  return new_loc, _sym(new_u)
+
+
+def _write_shared(loc, u, w, z, obs_var):
+  """`_write` for one memory (R `[K, C]`, U `[K, K]`, batch shape []) and a batch of episodes
+  (w `[..., T, K]`, z `[..., T, C]`, obs_var `[..., T]`): the same formulas, computed
+
+  - without copying R and U to every episode: W R and W U are one `[N, K]` matrix product
+    each (N = all the batch rows times T), whose gradients are matrix products too, where the
+    broadcast R, U needed a `BroadcastTo` and a sum over the batch in the backward pass;
+  - with batched matrix products in place of `tf.einsum` (the same contractions), and
+  - with one triangular solve per right-hand side, L^{-1} Sigma_c and L^{-1} Delta, instead of
+    one solve of their concatenation sliced apart (a concat, two slices and, in the backward
+    pass, two zero-filled slice gradients and two slices fewer).
+
+  Returns:
+    (R', U') `[..., K, C]`, `[..., K, K]`, U' symmetrized as in `_write`.
+  """
+  k = ps.shape(u)[-1]
+  rows = ps.concat([ps.shape(w)[:-1], [-1]], 0)                     # [..., T, -1]
+  w_flat = tf.reshape(w, [-1, k])                                   # [N, K]
+  delta = z - tf.reshape(tf.linalg.matmul(w_flat, loc), rows)       # eq. 9   [..., T, C]
+  sigma_c = tf.reshape(tf.linalg.matmul(w_flat, u), rows)           # eq. 10  [..., T, K]
+  sigma_z = (tf.linalg.matmul(sigma_c, w, transpose_b=True)
+             + tf.linalg.diag(obs_var))                             # eq. 10  [..., T, T]
+  chol = tf.linalg.cholesky(_sym(sigma_z))
+  b = tf.linalg.triangular_solve(chol, sigma_c, lower=True)         # L^{-1} Sigma_c
+  e = tf.linalg.triangular_solve(chol, delta, lower=True)           # L^{-1} Delta
+  new_loc = loc + tf.linalg.matmul(b, e, transpose_a=True)          # eq. 11
+  new_u = u - tf.linalg.matmul(b, b, transpose_a=True)              # eq. 11
   return new_loc, _sym(new_u)
 
 

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import prefer_static as ps
 from tensorflow_probability.python.internal import samplers
 
 from kanerva_tf import keras_fit
@@ -373,9 +374,26 @@ class KanervaMachine(_GenerativeModel):
 
   def addressing_weights(self, y):
     """w = f(y)^T A (eq. 5): y `[..., Y]` -> w `[..., K]`."""
-    # tensordot (one [N, S] x [S, K] matmul) instead of tf.einsum("...s,ks->...k"): the
-    # broadcasting einsum's gradient was 7x slower (bench/profile_step.py).
-    return tf.tensordot(self.key(y), self.normalized_addresses(), [[-1], [-1]])
+    return self._address(self.key(y), self.normalized_addresses())
+
+  @staticmethod
+  def _address(key, addresses):
+    """key `[..., S]`, A `[K, S]` -> key A^T `[..., K]`: one `[N, S] x [S, K]` matrix product
+    (the broadcasting tf.einsum("...s,ks->...k") had a 7x slower gradient, and tf.tensordot
+    transposed A and its gradient; bench/profile_step.py)."""
+    flat = tf.reshape(key, ps.stack([-1, ps.shape(key)[-1]]))        # [N, S]
+    w = tf.linalg.matmul(flat, addresses, transpose_b=True)           # [N, K]
+    return tf.reshape(w, ps.concat([ps.shape(key)[:-1], ps.shape(addresses)[:1]], 0))
+
+  def _write_and_read_weights(self, mean_y, scale_y, write_seed, read_seed):
+    """(w_write, w_read) `[..., K]` of one training call: `write_weights(mean_y, scale_y,
+    write_seed)` and `addressing_weights(y)` of a fresh y ~ q(y|x) (`read_seed`), computed
+    with one pass of the key network f over both inputs stacked and A normalised once."""
+    y_write = (mean_y if self.config.write_address == "mean"
+               else _sample_normal(mean_y, scale_y, write_seed))
+    y_read = _sample_normal(mean_y, scale_y, read_seed)
+    w = self._address(self.key(tf.stack([y_write, y_read])), self.normalized_addresses())
+    return tuple(tf.unstack(w))  # (not w[0], w[1]: two zero-filled slice gradients)
 
   def q_y_params(self, embedding, training, seed):
     """(mean, scale) of q(y|x) `[..., Y]`; N(0, 0.2^2) noise on its input when training."""
@@ -396,9 +414,10 @@ class KanervaMachine(_GenerativeModel):
       return self.addressing_weights(mean_y)
     return self.addressing_weights(_sample_normal(mean_y, scale_y, seed))
 
-  def _write(self, embedding, w, seed, prior=None):
-    """q(M|X) = p(M | Y, Z) with z_t ~ q(z_t|x_t) (eq. 8), or Appendix F's q integrated out."""
-    mean, scale = _split_normal(embedding)                           # q(z|x) [B, T, C]
+  def _write(self, embedding, w, seed, prior=None, q_z_x=None):
+    """q(M|X) = p(M | Y, Z) with z_t ~ q(z_t|x_t) (eq. 8), or Appendix F's q integrated out.
+    `q_z_x`: (mean, scale) of q(z|x), `_split_normal(embedding)`, when already computed."""
+    mean, scale = _split_normal(embedding) if q_z_x is None else q_z_x  # q(z|x) [B, T, C]
     if self.config.distribution_memory:
       z, z_variance = mean, tf.reduce_mean(tf.square(scale), axis=-1)  # [B, T, C], [B, T]
     else:
@@ -420,13 +439,14 @@ class KanervaMachine(_GenerativeModel):
       return pred.mean(), pred.stddev()
     return memory.read(w), tf.constant(np.sqrt(self.config.noise_variance), tf.float32)
 
-  def q_z_params(self, embedding, prior_mean, prior_scale=None):
+  def q_z_params(self, embedding, prior_mean, prior_scale=None, encoder_mean=None):
     """(mean, scale) of q(z_t | x_t, y_t, M) `[..., C]` from the MLP on [e(x_t), w_t^T R]
     (section 3.2). `read_posterior="encoder_skip"`: the MLP's mean output is a correction
     added to the mean of q(z_t|x_t), mean = e_mean(x_t) + MLP_mean (the family of "concat",
     reparameterised); "prior": no bottom-up stream (Appendix D), q(z_t|x_t,y_t,M) =
     p(z_t|y_t,M) = N(prior_mean, prior_scale²), `prior_scale` (broadcastable to
-    `prior_mean`) required."""
+    `prior_mean`) required. `encoder_mean`: e_mean(x_t) = `embedding[..., :C]` when already
+    computed (the mean of q(z|x) that the write used), so that it is not sliced again."""
     if self.config.read_posterior == "prior":
       if prior_scale is None:
         raise ValueError("q_z_params: read_posterior='prior' needs prior_scale, the scale of "
@@ -434,7 +454,9 @@ class KanervaMachine(_GenerativeModel):
       return prior_mean, tf.broadcast_to(prior_scale, tf.shape(prior_mean))
     mean, scale = _split_normal(self.q_z(tf.concat([embedding, prior_mean], axis=-1)))
     if self.config.read_posterior == "encoder_skip":
-      mean = embedding[..., :self.config.code_size] + mean  # e_mean: no softplus needed
+      if encoder_mean is None:
+        encoder_mean = embedding[..., :self.config.code_size]  # e_mean: no softplus needed
+      mean = encoder_mean + mean
     return mean, scale
 
   def _read_step(self, embedding, memory, training, seed):
@@ -480,12 +502,13 @@ class KanervaMachine(_GenerativeModel):
     embedding = self.embed(x)                                        # [B, T, 2C]
     y_seeds = samplers.split_seed(seeds[1], 3)
     mean_y, scale_y = self.q_y_params(embedding, training, y_seeds[0])  # [B, T, Y]
-    w_write = self.write_weights(mean_y, scale_y, y_seeds[1])         # [B, T, K]
+    # Write and read addresses [B, T, K] (eq. 5, 8): the read's from a fresh y ~ q(y|x).
+    w_write, w = self._write_and_read_weights(mean_y, scale_y, y_seeds[1], y_seeds[2])
     prior = self.prior()                                               # built once per call
-    memory = self._write(embedding, w_write, seeds[2], prior)         # batch [B]
-    w = self.addressing_weights(_sample_normal(mean_y, scale_y, y_seeds[2]))  # read [B, T, K]
+    q_z_x = _split_normal(embedding)                                   # q(z|x) [B, T, C]
+    memory = self._write(embedding, w_write, seeds[2], prior, q_z_x)  # batch [B]
     prior_mean, prior_scale = self._memory_prior_on_z(memory, w)      # [B, T, C]
-    mean_z, scale_z = self.q_z_params(embedding, prior_mean, prior_scale)
+    mean_z, scale_z = self.q_z_params(embedding, prior_mean, prior_scale, q_z_x[0])
     z = _sample_normal(mean_z, scale_z, seeds[3])                      # [B, T, C]
     reconstruction = -self.log_likelihood(x, self.decode(z))          # [B, T]
     kl_y = diag_normal_kl(mean_y, scale_y, tf.zeros_like(mean_y), tf.ones_like(scale_y))

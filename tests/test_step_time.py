@@ -1,6 +1,8 @@
-"""Tests for bench/step_time.py's `kanerva_before` configuration (the code before the profile
-fixes, rebuilt on one model instance): it must compute the same loss and gradients as the
-current code, with the old ops (einsum addressing, extra no-op decoder slices) in its graph."""
+"""Tests for bench/step_time.py's `kanerva_before` configurations (the code before issue 17's
+memory-path op reductions, and before those and the profile fixes of a69f5a7, rebuilt on one
+model instance): they must compute the same loss and gradients as the current code, with the
+old ops (einsum products, broadcasts, concatenated solve; einsum addressing, extra no-op
+decoder slices) in their graph."""
 
 import importlib.util
 import os
@@ -24,12 +26,15 @@ def _step_time():
 
 
 def _loss_grads_and_ops(undo):
+  """undo: None, "speed" (`kanerva_before`) or "all" (`kanerva_before_a69f5a7`)."""
   cfg = kt.ModelConfig.omniglot(code_size=6, memory_size=5, address_size=4, num_filters=4,
                                 y_size=3, mlp_hidden_size=8, episode_length=3)
   x = tf.cast(tf.random.stateless_uniform((2, 3, 28, 28, 1), (0, 0)) < 0.2, tf.float32)
   keras.utils.set_random_seed(0)
   model = kt.KanervaMachine(cfg)
   if undo:
+    _step_time()._undo_speed_fixes(tf, model)  # pylint: disable=protected-access
+  if undo == "all":
     _step_time()._undo_profile_fixes(tf, model)  # pylint: disable=protected-access
   model(x[:, :1])
 
@@ -45,14 +50,30 @@ def _loss_grads_and_ops(undo):
 
 
 @pytest.mark.slow
-def test_kanerva_before_is_the_same_model_with_the_old_ops():
-  loss, grads, ops = _loss_grads_and_ops(undo=False)
-  loss_b, grads_b, ops_b = _loss_grads_and_ops(undo=True)
+def test_kanerva_before_a69f5a7_is_the_same_model_with_the_old_ops():
+  loss, grads, ops = _loss_grads_and_ops(undo="speed")
+  loss_b, grads_b, ops_b = _loss_grads_and_ops(undo="all")
   np.testing.assert_allclose(loss_b, loss, rtol=1e-6)
   for g, g_b in zip(grads, grads_b):
     np.testing.assert_allclose(g_b, g, rtol=1e-4, atol=1e-5)
   assert ops_b.count("Einsum") > ops.count("Einsum")            # einsum addressing is back
   assert ops_b.count("StridedSlice") > ops.count("StridedSlice")  # so are the no-op slices
+
+
+def test_kanerva_before_is_the_same_model_with_the_old_memory_path():
+  """`kanerva_before` (the code of 976c318): the same loss and gradients as the current code,
+  with its ops back: R_0 and U_0 broadcast per episode, einsum products, the concatenated
+  solve sliced apart, the key network run twice."""
+  loss, grads, ops = _loss_grads_and_ops(undo=None)
+  loss_b, grads_b, ops_b = _loss_grads_and_ops(undo="speed")
+  np.testing.assert_allclose(loss_b, loss, rtol=1e-6)
+  for g, g_b in zip(grads, grads_b):
+    np.testing.assert_allclose(g_b, g, rtol=1e-4, atol=1e-5)
+  assert "Einsum" in ops_b and "Einsum" not in ops
+  assert ops_b.count("BroadcastTo") > ops.count("BroadcastTo")
+  assert ops_b.count("ConcatV2") > ops.count("ConcatV2")
+  assert ops_b.count("MatrixTriangularSolve") < ops.count("MatrixTriangularSolve")
+  assert len(ops_b) > len(ops)
 
 
 def test_worker_gets_the_same_arguments_whatever_the_flag_spelling():
