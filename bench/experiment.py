@@ -157,10 +157,26 @@ def evaluate(name, exp, args):
   _run_and_collect(name, specs, jobs, args.parallel, "evaluation", "eval.log")
 
 
-def ship(name, exp, run, seed, dest, root=None):
+def _write_weights_only(src, out_dir, step):
+  """Writes the model variables of `src`'s newest checkpoint, without the optimizer's slots,
+  as `out_dir/ckpt-<step>` (what `runs.restore_model`, hence eval.py, reads)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import runs  # pylint: disable=g-import-not-at-top
+  model, _, restored_step = runs.restore_model(src)
+  if restored_step != step:
+    raise SystemExit(f"--ship: {src}'s newest checkpoint is step {step} but step "
+                     f"{restored_step} restored; check the run's checkpoints.")
+  tf.train.Checkpoint(model_variables=runs.checkpointed_variables(model),
+                      step=tf.Variable(step, dtype=tf.int64)).write(
+                          os.path.join(out_dir, f"ckpt-{step}"))
+
+
+def ship(name, exp, run, seed, dest, root=None, weights_only=False):
   """Copies a run to `pretrained/<dest>` as a run directory eval.py and train.py accept:
   config.json, metrics.jsonl, the newest checkpoint (with the optimizer's slots, so a later
-  session can resume training it) and the SavedModel export when there is one."""
+  session can resume training it; `weights_only`: the model's variables alone, a third of
+  the size, which eval.py reads but training cannot resume from) and the SavedModel export
+  when there is one."""
   root = root or REPO
   specs = {(r, s): w for r, s, w, _ in run_specs(name, exp)}
   if (run, seed) not in specs:
@@ -177,9 +193,12 @@ def ship(name, exp, run, seed, dest, root=None):
   for f in ("config.json", "metrics.jsonl"):
     shutil.copyfile(os.path.join(src, f), os.path.join(tmp, f))
   ckpt = os.path.join(src, "checkpoints")
-  for f in os.listdir(ckpt):
-    if f.startswith(f"ckpt-{step}."):
-      shutil.copyfile(os.path.join(ckpt, f), os.path.join(tmp, "checkpoints", f))
+  if weights_only:
+    _write_weights_only(src, os.path.join(tmp, "checkpoints"), step)
+  else:
+    for f in os.listdir(ckpt):
+      if f.startswith(f"ckpt-{step}."):
+        shutil.copyfile(os.path.join(ckpt, f), os.path.join(tmp, "checkpoints", f))
   with open(os.path.join(tmp, "checkpoints", "checkpoint"), "w") as f:
     f.write(f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n')
   if os.path.isdir(os.path.join(src, "export")):
@@ -488,6 +507,8 @@ def main(argv=None):
   parser.add_argument("--eval", action="store_true")
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--parallel", type=int, default=2)
+  parser.add_argument("--weights_only", action="store_true",
+                      help="--ship the model's variables without the optimizer's slots")
   parser.add_argument("--ship", default=None, metavar="RUN:SEED:DEST",
                       help="Copy a run's newest checkpoint, config, metrics, export to "
                       "pretrained/DEST.")
@@ -514,7 +535,8 @@ def main(argv=None):
     if len(parts) != 3 or not parts[1].isdigit():
       parser.error(f"--ship takes RUN:SEED:DEST, e.g. kanerva:0:omniglot_kanerva; got "
                    f"{args.ship!r}")
-    out, step = ship(args.name, exp, parts[0], int(parts[1]), parts[2])
+    out, step = ship(args.name, exp, parts[0], int(parts[1]), parts[2],
+                     weights_only=args.weights_only)
     print(f"shipped step {step} to {out}")
   if args.report or not (args.train or args.eval or args.ship):
     print(write_report(args.name, exp, args.results_md))

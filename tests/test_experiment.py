@@ -180,6 +180,39 @@ def test_ship_copies_the_newest_checkpoint_and_the_run_files(tmp_path, monkeypat
     experiment.ship("toy", EXP, "nope", 0, "x", root=str(tmp_path))
 
 
+def test_ship_weights_only_writes_a_checkpoint_eval_restores(tmp_path):
+  """--weights_only: the model's variables without Adam's slots, restored by
+  runs.restore_model (what eval.py uses) to the same weights, at the same step."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import kanerva_tf as kt  # pylint: disable=g-import-not-at-top
+  from kanerva_tf import runs  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "runs" / "toy" / "km" / "s0"
+  config = kt.ModelConfig(image_shape=(8, 8, 1), code_size=4, memory_size=3, address_size=2,
+                          num_filters=2, y_size=2, mlp_hidden_size=4, episode_length=2)
+  model = runs.build_model("kanerva", config)
+  model(np.zeros((1, 2, 8, 8, 1), np.float32))
+  runs.save_run_config(str(wd), {"model_type": "kanerva", "model": config.to_dict()})
+  (wd / "metrics.jsonl").write_text("")
+  optimizer = keras.optimizers.Adam()
+  optimizer.build(model.trainable_variables)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(
+      model_variables=runs.checkpointed_variables(model), optimizer=optimizer,
+      step=tf.Variable(7, dtype=tf.int64)), str(wd / "checkpoints"), max_to_keep=2)
+  manager.save(checkpoint_number=7)
+  out, step = experiment.ship("toy", EXP, "km", 0, "toy_km", root=str(tmp_path),
+                              weights_only=True)
+  assert step == 7
+  full = os.path.getsize(wd / "checkpoints" / "ckpt-7.data-00000-of-00001")
+  small = os.path.getsize(os.path.join(out, "checkpoints", "ckpt-7.data-00000-of-00001"))
+  assert small < 0.5 * full
+  restored, _, restored_step = runs.restore_model(out)
+  assert restored_step == 7
+  for a, b in zip(model.get_weights(), restored.get_weights()):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_time_to_quality_rows(tmp_path, monkeypatch):
   monkeypatch.setattr(experiment, "REPO", str(tmp_path))
   _write_run(tmp_path, "vae", 0, [160., 150., 140.])
