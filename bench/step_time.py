@@ -170,14 +170,7 @@ def _undo_speed_fixes(tf, model):
       obs_var = obs_var + z_variance
     obs_var = tf.broadcast_to(obs_var, ps.shape(w)[:-1])
     loc, u = tf.convert_to_tensor(prior.loc), tf.convert_to_tensor(prior.row_covariance)
-    batch = ps.broadcast_shape(
-        ps.broadcast_shape(ps.shape(loc)[:-2], ps.shape(u)[:-2]),
-        ps.broadcast_shape(ps.shape(w)[:-2], ps.shape(z)[:-2]))
-    loc = tf.broadcast_to(loc, ps.concat([batch, ps.shape(loc)[-2:]], 0))
-    u = tf.broadcast_to(u, ps.concat([batch, ps.shape(u)[-2:]], 0))
-    w = tf.broadcast_to(w, ps.concat([batch, ps.shape(w)[-2:]], 0))
-    z = tf.broadcast_to(z, ps.concat([batch, ps.shape(z)[-2:]], 0))
-    obs_var = tf.broadcast_to(obs_var, ps.concat([batch, ps.shape(obs_var)[-1:]], 0))
+    loc, u, w, z, obs_var = memory_lib._broadcast_to_batch(loc, u, w, z, obs_var)  # pylint: disable=protected-access
     new_loc, new_u = memory_lib._write(loc, u, w, z, obs_var)  # pylint: disable=protected-access
     return memory_lib.KanervaMemory(new_loc, new_u, name=prior.name)
 

@@ -332,15 +332,7 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
         new_loc, new_u = _write_shared(loc, u, w, z, obs_var)
         return KanervaMemory(new_loc, new_u, validate_args=self.validate_args,
                              allow_nan_stats=self.allow_nan_stats, name=self.name)
-      # Broadcast memory, weights and codes to a common batch shape.
-      batch = ps.broadcast_shape(
-          ps.broadcast_shape(ps.shape(loc)[:-2], ps.shape(u)[:-2]),
-          ps.broadcast_shape(ps.shape(w)[:-2], ps.shape(z)[:-2]))
-      loc = tf.broadcast_to(loc, ps.concat([batch, ps.shape(loc)[-2:]], 0))
-      u = tf.broadcast_to(u, ps.concat([batch, ps.shape(u)[-2:]], 0))
-      w = tf.broadcast_to(w, ps.concat([batch, ps.shape(w)[-2:]], 0))
-      z = tf.broadcast_to(z, ps.concat([batch, ps.shape(z)[-2:]], 0))
-      obs_var = tf.broadcast_to(obs_var, ps.concat([batch, ps.shape(obs_var)[-1:]], 0))
+      loc, u, w, z, obs_var = _broadcast_to_batch(loc, u, w, z, obs_var)
       if method == "batch":
         new_loc, new_u = _write(loc, u, w, z, obs_var)
       else:
@@ -420,6 +412,20 @@ def _write(loc, u, w, z, obs_var):
   new_loc = loc + tf.einsum("...tk,...tc->...kc", b, e)             # eq. 11
   new_u = u - tf.einsum("...tk,...tl->...kl", b, b)                 # eq. 11
   return new_loc, _sym(new_u)
+
+
+def _broadcast_to_batch(loc, u, w, z, obs_var):
+  """R `[..., K, C]`, U `[..., K, K]`, w `[..., T, K]`, z `[..., T, C]`, obs_var `[..., T]`
+  broadcast to their common batch shape (one copy of the memory per episode)."""
+  batch = ps.broadcast_shape(
+      ps.broadcast_shape(ps.shape(loc)[:-2], ps.shape(u)[:-2]),
+      ps.broadcast_shape(ps.shape(w)[:-2], ps.shape(z)[:-2]))
+  loc = tf.broadcast_to(loc, ps.concat([batch, ps.shape(loc)[-2:]], 0))
+  u = tf.broadcast_to(u, ps.concat([batch, ps.shape(u)[-2:]], 0))
+  w = tf.broadcast_to(w, ps.concat([batch, ps.shape(w)[-2:]], 0))
+  z = tf.broadcast_to(z, ps.concat([batch, ps.shape(z)[-2:]], 0))
+  obs_var = tf.broadcast_to(obs_var, ps.concat([batch, ps.shape(obs_var)[-1:]], 0))
+  return loc, u, w, z, obs_var
 
 
 def _write_shared(loc, u, w, z, obs_var):
