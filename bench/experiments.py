@@ -102,6 +102,17 @@ EXPERIMENTS = {
         report_steps=[5000],
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
+    # Issue 17: --precision=bfloat16 (mixed_bfloat16 encoder/decoder, float32 memory and
+    # loss) against the float32 default on the same seed, 5,000 steps.
+    "omniglot_bfloat16": dict(
+        flagfile="omniglot.flags", steps=5000, seeds=(0,),
+        common=_COMMON + ["--noexport"],
+        baseline="float32",
+        references={"float32": "omniglot/kanerva", "vae": "omniglot/vae"},
+        runs={"bfloat16": ["--precision=bfloat16"]},
+        report_steps=[5000],
+        evals=[],
+        workdir="runs/{experiment}/{run}/s{seed}"),
     # Issue 15, Fig. 6 left (section 4.4, Appendix D): the Kanerva Machine and the DNC, both
     # without the bottom-up stream (z_t ~ p(z_t|y_t,M)), batch 16, Adam 3e-4 (the DNC's best in
     # the paper; both are omniglot.flags' values), on the same seeds.
