@@ -125,7 +125,7 @@ EXPERIMENTS = {
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
     # Issue 13: CIFAR-10 (section 4, Fig. 12), the user's command (cifar.flags) and its matched
-    # VAE on the same seeds. A step takes ~0.45 s (KM) / ~0.40 s (VAE) with both cores
+    # VAE on the same seeds. A step takes ~0.36 s (KM) / ~0.34 s (VAE) with both cores
     # (bench/results/step_time_cifar.md), so runs resume across sessions up to `steps`.
     "cifar": dict(
         flagfile="cifar.flags", steps=30000, seeds=(0, 1),
