@@ -11,7 +11,8 @@ random binary episodes, so the input pipeline is not included. Configurations (`
 `vae`, `kanerva` (default batch write), `kanerva_online` (one observation at a time,
 section 3.3), `kanerva_chunk8`, the same with `_jit` (XLA), `vae_bf16` and `kanerva_bf16`
 (`TrainConfig.precision="bfloat16"`: the encoder and decoder under Keras' mixed_bfloat16
-policy), each also as `cifar_<config>` on the CIFAR-10
+policy), `vae_kerasadam` and `kanerva_kerasadam` (Keras' own Adam in place of train.py's
+`kanerva_tf.optimizers.FusedAdam`: the before/after of the fused update), each also as `cifar_<config>` on the CIFAR-10
 preset (ratios to `cifar_vae`), `kanerva_before`: the default Kanerva Machine with
 issue 17's op reductions of the memory path undone (the code of commit 976c318; see
 `_undo_speed_fixes`), and `kanerva_before_a69f5a7`: with, in addition, the two code changes
@@ -43,7 +44,8 @@ import time
 
 _OMNIGLOT_CONFIGS = ("vae", "kanerva", "kanerva_online", "kanerva_chunk8", "vae_jit",
                      "kanerva_jit", "kanerva_online_jit", "kanerva_before",
-                     "kanerva_before_a69f5a7", "vae_bf16", "kanerva_bf16")
+                     "kanerva_before_a69f5a7", "vae_bf16", "kanerva_bf16", "vae_kerasadam",
+                     "kanerva_kerasadam")
 # cifar_<config>: the same on the CIFAR-10 preset (32x32x3, K=128, C=200, 32 filters).
 ALL_CONFIGS = _OMNIGLOT_CONFIGS + tuple("cifar_" + c for c in _OMNIGLOT_CONFIGS
                                         if not c.startswith("kanerva_before"))
@@ -62,6 +64,7 @@ def _worker(args):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import kanerva_tf as kt  # pylint: disable=g-import-not-at-top
   from kanerva_tf import training  # pylint: disable=g-import-not-at-top
+  from kanerva_tf.optimizers import FusedAdam  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   seed = tf.constant([0, 1], tf.int32)
@@ -85,7 +88,8 @@ def _worker(args):
     if name == "kanerva_before_a69f5a7":
       _undo_profile_fixes(tf, model)
     model(tf.constant(x[:1]))
-    optimizer = keras.optimizers.Adam(1e-4)
+    optimizer = (keras.optimizers.Adam(1e-4) if name.endswith("_kerasadam")
+                 else FusedAdam(1e-4))   # train.py's optimizer
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)
     fn = functools.partial(training.make_train_function(

@@ -55,6 +55,7 @@ from absl import logging
 
 from kanerva_tf import data as data_lib
 from kanerva_tf import evaluation
+from kanerva_tf import optimizers
 from kanerva_tf import runs
 from kanerva_tf.config import VAE_FIELDS, ModelConfig
 from kanerva_tf.dnc_model import DNCConfig
@@ -738,7 +739,7 @@ def _train_and_evaluate(model_config, cfg, workdir, write_dir, strategy, task, p
   with strategy.scope():
     model = runs.build_model(cfg.model_type, model_config, dnc_config, cfg.precision)
     model(tf.zeros((1, episode_length) + model_config.image_shape))
-    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    optimizer = optimizers.FusedAdam(cfg.learning_rate)  # Keras' Adam, one op per variable
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, name="step", trainable=False)
     checkpoint = tf.train.Checkpoint(model_variables=runs.checkpointed_variables(model),
