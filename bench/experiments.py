@@ -86,10 +86,29 @@ EXPERIMENTS = {
         common=_COMMON + ["--noexport"],
         baseline="vae",
         references={"vae": "omniglot/vae", "kanerva": "omniglot/kanerva"},
+        # Each setting also gets its matched VAE (same batch or learning rate), so that "holds"
+        # means the Kanerva Machine is ahead of a VAE trained the same way.
         runs={"batch8": ["--batch_size=8"], "batch64": ["--batch_size=64"],
-              "lr3e-5": ["--learning_rate=3e-5"]},
+              "lr3e-5": ["--learning_rate=3e-5"],
+              "vae_batch8": ["--model=vae", "--batch_size=8"],
+              "vae_batch64": ["--model=vae", "--batch_size=64"],
+              "vae_lr3e-5": ["--model=vae", "--learning_rate=3e-5"]},
         report_steps=[5000],
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
+        workdir="runs/{experiment}/{run}/s{seed}"),
+    # Issue 12 section 5, Fig. 6 right: does a larger memory keep the Kanerva Machine's lead at
+    # episodes longer than the T=32 it was trained on? K=64 (the default), K=128 and K=256, one
+    # seed, 5,000 steps; each run's eval sweeps T = 16...256 and the classes per episode.
+    "omniglot_memory_size": dict(
+        flagfile="omniglot.flags", steps=5000, seeds=(1,),
+        common=_COMMON + ["--noexport"],
+        baseline="k64",
+        references={"vae": "omniglot/vae"},
+        runs={"k64": ["--memory_size=64"], "k128": ["--memory_size=128"],
+              "k256": ["--memory_size=256"]},
+        report_steps=[5000],
+        evals=["--num_batches=4", "--nofigures", "--nogeneration_fidelity",
+               "--episode_sizes=16,32,64,128,256", "--class_counts=2,4,8,16,all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
     # Issue 12 section 5, Fig. 10: a diagonal row covariance U against the full one (the
     # default), one seed, 5,000 steps.
@@ -105,7 +124,7 @@ EXPERIMENTS = {
     # Issue 17: --precision=bfloat16 (mixed_bfloat16 encoder/decoder, float32 memory and
     # loss) against the float32 default on the same seed, 5,000 steps.
     "omniglot_bfloat16": dict(
-        flagfile="omniglot.flags", steps=5000, seeds=(0,),
+        flagfile="omniglot.flags", steps=5000, seeds=(0, 1),
         common=_COMMON + ["--noexport"],
         baseline="float32",
         references={"float32": "omniglot/kanerva", "vae": "omniglot/vae"},
