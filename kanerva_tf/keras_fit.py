@@ -52,6 +52,8 @@ Shapes follow the package glossary (`kanerva_tf/__init__.py`).
 import keras
 import tensorflow as tf
 
+from kanerva_tf import optimizers
+
 __all__ = ["KerasFit", "replica_seed"]
 
 _DEFAULT_LEARNING_RATE = 3e-4  # TrainConfig.learning_rate
@@ -86,8 +88,8 @@ class KerasFit:
     """Configures `fit` and `evaluate`.
 
     Args:
-      optimizer: a Keras optimizer or its name; None = `Adam(3e-4)` (the custom loop's
-        default learning rate).
+      optimizer: a Keras optimizer or its name; None = the custom loop's optimizer,
+        `kanerva_tf.optimizers.FusedAdam(3e-4)` (Keras' Adam with one op per variable).
       seed: int in [0, 2^31 - 1), seed of all sampling in `fit` and `evaluate`.
       jit_compile: XLA-compile the steps (off by default, as `TrainConfig.jit_compile`;
         Keras' "auto" would turn it on).
@@ -104,7 +106,7 @@ class KerasFit:
       raise ValueError(f"{type(self).__name__}.compile: seed must be an int in [0, 2^31 - 1); "
                        f"got {seed!r}.")
     if optimizer is None:
-      optimizer = keras.optimizers.Adam(_DEFAULT_LEARNING_RATE)
+      optimizer = optimizers.FusedAdam(_DEFAULT_LEARNING_RATE)
     super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
     self._compile_state = _CompileState(seed, self.loss_terms)
     if self.built and not self.optimizer.built:

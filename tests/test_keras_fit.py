@@ -22,6 +22,7 @@ from kanerva_tf import keras_fit
 from kanerva_tf import runs
 from kanerva_tf import training
 from kanerva_tf.dnc_model import DNCMachine
+from kanerva_tf.optimizers import FusedAdam
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def fitted_km(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("km")
   model = _built(kt.KanervaMachine)
   variables_before = [v.path for v in model.variables]
-  model.compile(keras.optimizers.Adam(1e-2), seed=SEED)
+  model.compile(FusedAdam(1e-2), seed=SEED)  # saved and loaded with the model below
   assert [v.path for v in model.variables] == variables_before  # compile adds no variables
   callbacks = [
       keras.callbacks.TensorBoard(str(tmp / "logs")),
@@ -147,6 +148,7 @@ def test_save_and_load_model_round_trip(fitted_km, tmp_path):
     b = loaded(x, training=training_, seed=(1, 2))
     for k in model.loss_terms:
       assert float(a[k]) == float(b[k]), k
+  assert type(loaded.optimizer) is FusedAdam
   # Compiled as saved: the optimizer's state and the seed, so training continues alike.
   assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy()
   _assert_same_weights([v.numpy() for v in loaded.optimizer.variables],
@@ -328,8 +330,8 @@ def test_compile_refuses_a_loss_metrics_and_bad_seeds():
   for seed in (-1, 2**31, 1.5, True):
     with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\^31 - 1\)"):
       model.compile("adam", seed=seed)
-  model.compile()  # default: Adam at the custom loop's learning rate
-  assert isinstance(model.optimizer, keras.optimizers.Adam)
+  model.compile()  # default: the custom loop's Adam and learning rate
+  assert isinstance(model.optimizer, FusedAdam)
   np.testing.assert_allclose(float(model.optimizer.learning_rate), 3e-4)
   assert [m.name for m in model.metrics] == list(kt.VAE.loss_terms)
 
