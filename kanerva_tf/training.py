@@ -403,7 +403,15 @@ def _check_run_config(workdir, run_config):
       raise ValueError(
           f"{workdir!r} holds a run with a different {what} ({detail}). Resume it with the "
           "same settings, or use a new --workdir.")
-  runs.save_run_config(workdir, run_config)  # train settings (e.g. train_steps) may change
+  # The precision the networks computed in is part of the run (a run recorded before
+  # config.json had it was float32); other train settings (e.g. train_steps) may change.
+  saved = (old.get("train") or {}).get("precision", "float32")
+  now = (run_config.get("train") or {}).get("precision", "float32")
+  if saved != now:
+    raise ValueError(
+        f"{workdir!r} holds a run trained with --precision={saved}; now --precision={now}. "
+        f"Resume it with --precision={saved}, or use a new --workdir.")
+  runs.save_run_config(workdir, run_config)
 
 
 def _resolved_dnc(dnc_config, model_config):

@@ -253,6 +253,26 @@ def test_a_dnc_run_resumes_only_with_the_same_sizes(tmp_path):
     training._check_run_config(old, run_config(TINY_DNC))  # pylint: disable=protected-access
 
 
+def test_a_run_resumes_only_with_the_precision_it_was_trained_with(tmp_path):
+  """A resumed run keeps its encoder/decoder precision; one recorded before config.json had
+  "precision" was float32."""
+  def run_config(train):  # in the form it takes in config.json
+    return json.loads(json.dumps({"model_type": "vae", "model": TINY.to_dict(),
+                                  "data": {"dataset": "omniglot"}, "train": train}))
+  workdir = str(tmp_path / "run")
+  training._check_run_config(workdir, run_config({"precision": "bfloat16"}))  # pylint: disable=protected-access
+  training._check_run_config(  # pylint: disable=protected-access
+      workdir, run_config({"precision": "bfloat16", "train_steps": 9}))  # other settings may change
+  with pytest.raises(ValueError, match=r"trained with --precision=bfloat16; now "
+                     r"--precision=float32\. Resume it with --precision=bfloat16"):
+    training._check_run_config(workdir, run_config({"precision": "float32"}))  # pylint: disable=protected-access
+  old = str(tmp_path / "old")
+  runs.save_run_config(old, run_config({}))
+  training._check_run_config(old, run_config({"precision": "float32"}))  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="trained with --precision=float32; now --precision=bfloat16"):
+    training._check_run_config(old, run_config({"precision": "bfloat16"}))  # pylint: disable=protected-access
+
+
 def test_train_and_evaluate_refuses_a_dnc_config_for_another_model(tmp_path):
   with pytest.raises(ValueError, match="needs model_type 'dnc'; got model_type 'vae'"):
     training.train_and_evaluate(TINY, training.TrainConfig(model_type="vae"),
