@@ -13,7 +13,11 @@ bench/profile_step.py). `FusedAdam` does the same update with TensorFlow's
 
 which is Keras' Adam (Kingma & Ba 2015, with Keras' placement of epsilon) up to rounding
 (Keras writes m + (g - m)(1 - beta_1)). The optimizer's variables (iterations, m, v) are
-Keras Adam's, so checkpoints and `.keras` files move freely between the two.
+Keras Adam's, so checkpoints and `.keras` files move freely between the two. It is also exact
+in float64, where Keras' Adam rounds its constants (1 - beta_1, ...) to float32.
+
+Measured (bench/results/step_time_fused_adam_2026-12-03.md): fewer ops, but no measurable
+change of the training-step time on this 2-core CPU (KM 0.95-1.02x Keras' Adam over 5 runs).
 """
 
 import keras
