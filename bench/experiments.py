@@ -78,6 +78,19 @@ EXPERIMENTS = {
         report_steps=[5000, 10000],   # tables at these steps (seeds that reached them)
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
+    # Issue 12 section 4: one seed of each model trained to convergence (>= 100,000 steps, or
+    # until the test bound improves by < 0.5 nats over 10,000 steps). Seed 1 of `omniglot`
+    # continued: its runs start from pretrained/omniglot_{kanerva,vae} (step 10,000, shipped
+    # with Adam's slots), copied to the workdir, and resume across sessions up to `steps`.
+    "omniglot_converged": dict(
+        flagfile="omniglot.flags", steps=100000, seeds=(1,),
+        common=_COMMON,
+        baseline="vae",
+        headline=dict(title="Omniglot, converged", paper={"kanerva": 68.3, "vae": 112.7}),
+        runs={"kanerva": [], "vae": ["--model=vae"]},
+        evals=["--num_batches=20", "--nofigures", "--episode_sizes=32", "--class_counts=all",
+               "--importance_samples=100"],
+        workdir="runs/{experiment}/{run}/s{seed}"),
     # Issue 12 section 3: the paper's robustness range (section 4, "robust to batch size 8-64
     # and learning rate 3e-5 to 3e-4"), one seed each at 5,000 steps, beside the default
     # (batch 16, 3e-4) and its VAE on the same seed from the `omniglot` experiment.
