@@ -324,19 +324,18 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
       if (method == "batch" and loc.shape.rank == 2 and u.shape.rank == 2
           and w.shape.rank is not None and z.shape.rank is not None):
         # One memory (batch shape []) written with a batch of episodes, as in training:
-        # no copy of R and U per episode (`_write_shared`).
+        # no copy of R and U per episode (`_write`).
         batch = ps.broadcast_shape(ps.shape(w)[:-2], ps.shape(z)[:-2])
         w = tf.broadcast_to(w, ps.concat([batch, ps.shape(w)[-2:]], 0))
         z = tf.broadcast_to(z, ps.concat([batch, ps.shape(z)[-2:]], 0))
         obs_var = tf.broadcast_to(obs_var, ps.concat([batch, ps.shape(obs_var)[-1:]], 0))
-        new_loc, new_u = _write_shared(loc, u, w, z, obs_var)
-        return KanervaMemory(new_loc, new_u, validate_args=self.validate_args,
-                             allow_nan_stats=self.allow_nan_stats, name=self.name)
-      loc, u, w, z, obs_var = _broadcast_to_batch(loc, u, w, z, obs_var)
-      if method == "batch":
         new_loc, new_u = _write(loc, u, w, z, obs_var)
       else:
-        new_loc, new_u = _write_online(loc, u, w, z, obs_var,
+        loc, u, w, z, obs_var = _broadcast_to_batch(loc, u, w, z, obs_var)
+        if method == "batch":
+          new_loc, new_u = _write(loc, u, w, z, obs_var)
+        else:
+          new_loc, new_u = _write_online(loc, u, w, z, obs_var,
                                          1 if chunk_size is None else int(chunk_size))
       return KanervaMemory(new_loc, new_u, validate_args=self.validate_args,
                            allow_nan_stats=self.allow_nan_stats, name=self.name)
@@ -386,34 +385,6 @@ def _check_static_shapes(loc_shape, cov_shape):
             "do not broadcast.") from None
 
 
-def _write(loc, u, w, z, obs_var):
-  """One batch write, eqs. 9-11, with a single T x T Cholesky factorisation.
-
-  With Sigma_z = L L^T, B = L^{-1} Sigma_c and E = L^{-1} Delta:
-    R' = R + B^T E,    U' = U - B^T B  (symmetric by construction).
-
-  Args:
-    loc: R `[..., K, C]`;  u: U `[..., K, K]`;  w: W `[..., T, K]`;  z: Z `[..., T, C]`;
-    obs_var: diagonal of Sigma_xi (+ Sigma_Q) `[..., T]`. All with the same batch shape.
-
-  Returns:
-    (R', U'), U' symmetrized, 0.5 (U' + U'^T), against the rounding asymmetry of B^T B.
-  """
-  delta = z - tf.einsum("...tk,...kc->...tc", w, loc)               # eq. 9   [..., T, C]
-  sigma_c = tf.einsum("...tk,...kl->...tl", w, u)                   # eq. 10  [..., T, K]
-  sigma_z = (tf.einsum("...tk,...sk->...ts", sigma_c, w)
-             + tf.linalg.diag(obs_var))                             # eq. 10  [..., T, T]
-  chol = tf.linalg.cholesky(_sym(sigma_z))
-  # One triangular solve for both right-hand sides [Sigma_c | Delta].
-  rhs = tf.concat([sigma_c, delta], axis=-1)                        # [..., T, K + C]
-  solved = tf.linalg.triangular_solve(chol, rhs, lower=True)
-  k = ps.shape(u)[-1]
-  b, e = solved[..., :k], solved[..., k:]
-  new_loc = loc + tf.einsum("...tk,...tc->...kc", b, e)             # eq. 11
-  new_u = u - tf.einsum("...tk,...tl->...kl", b, b)                 # eq. 11
-  return new_loc, _sym(new_u)
-
-
 def _broadcast_to_batch(loc, u, w, z, obs_var):
   """R `[..., K, C]`, U `[..., K, K]`, w `[..., T, K]`, z `[..., T, C]`, obs_var `[..., T]`
   broadcast to their common batch shape (one copy of the memory per episode)."""
@@ -428,26 +399,40 @@ def _broadcast_to_batch(loc, u, w, z, obs_var):
   return loc, u, w, z, obs_var
 
 
-def _write_shared(loc, u, w, z, obs_var):
-  """`_write` for one memory (R `[K, C]`, U `[K, K]`, batch shape []) and a batch of episodes
-  (w `[..., T, K]`, z `[..., T, C]`, obs_var `[..., T]`): the same formulas, computed
+def _write(loc, u, w, z, obs_var):
+  """One batch write, eqs. 9-11, with a single T x T Cholesky factorisation.
 
-  - without copying R and U to every episode: W R and W U are one `[N, K]` matrix product
-    each (N = all the batch rows times T), whose gradients are matrix products too, where the
-    broadcast R, U needed a `BroadcastTo` and a sum over the batch in the backward pass;
-  - with batched matrix products in place of `tf.einsum` (the same contractions), and
-  - with one triangular solve per right-hand side, L^{-1} Sigma_c and L^{-1} Delta, instead of
-    one solve of their concatenation sliced apart (a concat, two slices and, in the backward
-    pass, two zero-filled slice gradients and two slices fewer).
+  With Sigma_z = L L^T, B = L^{-1} Sigma_c and E = L^{-1} Delta:
+    R' = R + B^T E,    U' = U - B^T B  (symmetric by construction).
+
+  Either one memory per episode (R, U with the batch shape of w, z; `_broadcast_to_batch`)
+  or one memory shared by a batch of episodes (R `[K, C]`, U `[K, K]`, as in training). The
+  shared memory is not copied to every episode: W R and W U are one `[N, K]` matrix product
+  each (N = all the batch rows times T), whose gradients are matrix products too, where a
+  broadcast R, U would need a `BroadcastTo` and a sum over the batch in the backward pass.
+  B and E are two triangular solves rather than one solve of [Sigma_c | Delta] sliced apart
+  (a concat, two slices and, in the backward pass, two zero-filled slice gradients fewer).
+
+  Args:
+    loc: R `[..., K, C]` or `[K, C]`;  u: U `[..., K, K]` or `[K, K]`;  w: W `[..., T, K]`;
+    z: Z `[..., T, C]`;  obs_var: diagonal of Sigma_xi (+ Sigma_Q) `[..., T]`. w, z and
+    obs_var have the same batch shape, and so do loc and u unless they are shared.
 
   Returns:
-    (R', U') `[..., K, C]`, `[..., K, K]`, U' symmetrized as in `_write`.
+    (R', U') `[..., K, C]`, `[..., K, K]`, U' symmetrized, 0.5 (U' + U'^T), against the
+    rounding asymmetry of B^T B.
   """
-  k = ps.shape(u)[-1]
-  rows = ps.concat([ps.shape(w)[:-1], [-1]], 0)                     # [..., T, -1]
-  w_flat = tf.reshape(w, [-1, k])                                   # [N, K]
-  delta = z - tf.reshape(tf.linalg.matmul(w_flat, loc), rows)       # eq. 9   [..., T, C]
-  sigma_c = tf.reshape(tf.linalg.matmul(w_flat, u), rows)           # eq. 10  [..., T, K]
+  if loc.shape.rank == 2 and u.shape.rank == 2:                     # shared by the batch
+    k = ps.shape(u)[-1]
+    rows = ps.concat([ps.shape(w)[:-1], [-1]], 0)                   # [..., T, -1]
+    w_flat = tf.reshape(w, [-1, k])                                 # [N, K]
+    w_loc = tf.reshape(tf.linalg.matmul(w_flat, loc), rows)         # [..., T, C]
+    w_u = tf.reshape(tf.linalg.matmul(w_flat, u), rows)             # [..., T, K]
+  else:
+    w_loc = tf.linalg.matmul(w, loc)
+    w_u = tf.linalg.matmul(w, u)
+  delta = z - w_loc                                                 # eq. 9   [..., T, C]
+  sigma_c = w_u                                                     # eq. 10  [..., T, K]
   sigma_z = (tf.linalg.matmul(sigma_c, w, transpose_b=True)
              + tf.linalg.diag(obs_var))                             # eq. 10  [..., T, T]
   chol = tf.linalg.cholesky(_sym(sigma_z))
