@@ -29,7 +29,7 @@ from kanerva_tf.evaluation import check_int
 from kanerva_tf.evaluation import class_count_problem
 from kanerva_tf.evaluation import class_label
 from kanerva_tf.evaluation import evaluate_bound
-from kanerva_tf.evaluation import generation_fidelity
+from kanerva_tf.fidelity import generation_fidelity
 from kanerva_tf.model import KanervaMachine
 
 __all__ = ["EVAL_FILE", "CONDITIONING_SIZE", "CONDITIONING_SIZES", "run_evaluation",

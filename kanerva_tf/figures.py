@@ -22,10 +22,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorflow_probability.python.internal import samplers
 
-from kanerva_tf.evaluation import GENERATION_ITERATIONS
 from kanerva_tf.evaluation import MEMORY_MODELS
 from kanerva_tf.evaluation import corrupt_with_block
 from kanerva_tf.evaluation import require_model
+from kanerva_tf.fidelity import GENERATION_ITERATIONS
 from kanerva_tf.model import stateless_seed as _seed
 
 __all__ = ["GENERATION_ITERATIONS", "plot_bound_sweep", "plot_reconstructions",
