@@ -186,14 +186,15 @@ def dnc_config_from_flags(fv=FLAGS):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from kanerva_tf import distribute  # pylint: disable=g-import-not-at-top
   from kanerva_tf import training  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.strategy == "multi_worker":
       # First: TensorFlow configures multi-worker collectives only before it runs anything
       # (configs_from_flags may load data); fails at once without a usable TF_CONFIG.
-      training.make_strategy(FLAGS.strategy,
-                             collective_timeout_seconds=FLAGS.collective_timeout_seconds,
-                             collective_implementation=FLAGS.collective_implementation)
+      distribute.make_strategy(FLAGS.strategy,
+                               collective_timeout_seconds=FLAGS.collective_timeout_seconds,
+                               collective_implementation=FLAGS.collective_implementation)
     model_config, train_config = configs_from_flags()
     dnc_config = dnc_config_from_flags()
   except ValueError as e:

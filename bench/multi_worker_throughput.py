@@ -19,7 +19,7 @@ results/multi_worker/throughput.{json,md}, with the load average before and afte
 processes on the machine make the numbers noisy.
 
 `--mock` trains on TFDS's mock Omniglot through tests/multi_worker_helper.py (no data needed);
-`--tiny` uses the tiny model of tests/test_multi_worker.py.
+`--tiny` uses the tiny model of tests/test_distribute.py.
 """
 
 import argparse
@@ -164,7 +164,7 @@ def main():
   }
   OUT.mkdir(parents=True, exist_ok=True)
   (OUT / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-  model = "tiny model (tests/test_multi_worker.py)" if args.tiny else "Omniglot preset"
+  model = "tiny model (tests/test_distribute.py)" if args.tiny else "Omniglot preset"
   data = "mock Omniglot" if args.mock else "Omniglot"
   lines = [
       "# Multi-worker throughput: 1 process vs 2 local workers",

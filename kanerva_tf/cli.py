@@ -20,8 +20,8 @@ import tensorflow as tf
 from absl import app
 from absl import logging
 
+from kanerva_tf import distribute
 from kanerva_tf import runs
-from kanerva_tf import training
 
 __all__ = ["TRACEBACK_ENV", "USER_ERRORS", "wants_traceback", "one_line", "exit_with_error"]
 
@@ -32,7 +32,7 @@ TRACEBACK_ENV = "KANERVA_TRACEBACK"
 # (e.g. data.DatasetNotFoundError), PermissionError and a full disk; the TensorFlow errors
 # are those of its file system operations; WorkerLostError says which worker to restart.
 USER_ERRORS = (app.UsageError, ValueError, TypeError, OSError, FloatingPointError,
-               runs.CheckpointError, training.WorkerLostError, tf.errors.NotFoundError,
+               runs.CheckpointError, distribute.WorkerLostError, tf.errors.NotFoundError,
                tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError,
                tf.errors.DataLossError, tf.errors.FailedPreconditionError)
 

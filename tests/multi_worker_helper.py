@@ -1,4 +1,4 @@
-r"""`train.py` on mock Omniglot, in its own process: a worker of tests/test_multi_worker.py.
+r"""`train.py` on mock Omniglot, in its own process: a worker of tests/test_distribute.py.
 
   python tests/multi_worker_helper.py [--logical_cpus=N] [--mlp_hidden_size=H] \
       [--stall_at_step=S --stall_seconds=X] TRAIN_PY_FLAGS...

@@ -23,6 +23,7 @@ from absl import flags
 import kanerva_tf as kt
 from kanerva_tf import config as config_lib
 from kanerva_tf import data as data_lib
+from kanerva_tf import distribute
 from kanerva_tf import model as model_lib
 from kanerva_tf import runs
 from kanerva_tf import training
@@ -531,7 +532,7 @@ def test_mirrored_two_devices_matches_one_device_on_the_same_batch(tmp_path):
       x = tf.cast(tf.random.stateless_uniform((4, 4, 8, 8, 1), (1, 2)) < 0.3, tf.float32)
       keys = ["loss", "reconstruction", "kl_z", "kl_y", "kl_memory"]
 
-      strategy = training.make_strategy("mirrored")
+      strategy = distribute.make_strategy("mirrored")
       assert strategy.num_replicas_in_sync == 2, strategy.extended.worker_devices
       with strategy.scope():
         keras.utils.set_random_seed(0)

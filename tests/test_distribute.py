@@ -1,4 +1,4 @@
-"""Tests of multi-worker training (kanerva_tf.training, strategy "multi_worker").
+"""Tests of kanerva_tf.distribute and of multi-worker training (strategy "multi_worker").
 
 In this process: TF_CONFIG checks, the workers' parts of the data, the settings. In worker
 processes on localhost (tests/multi_worker_helper.py: train.py on mock Omniglot, one CPU
@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 from kanerva_tf import data as data_lib
+from kanerva_tf import distribute
 from kanerva_tf import runs
 from kanerva_tf import training
 
@@ -67,13 +68,13 @@ def test_a_missing_or_unusable_tf_config_fails_at_once_with_its_expected_form(
     monkeypatch.delenv("TF_CONFIG", raising=False)
   else:
     monkeypatch.setenv("TF_CONFIG", value)
-  for make in (training.multi_worker_task, lambda: training.make_strategy("multi_worker")):
+  for make in (distribute.multi_worker_task, lambda: distribute.make_strategy("multi_worker")):
     with pytest.raises(ValueError) as error:
       make()
     message = str(error.value)
     assert problem in message
-    assert f"TF_CONFIG='{training.TF_CONFIG_EXAMPLE}' on the first" in message
-  assert json.loads(training.TF_CONFIG_EXAMPLE)["task"] == {"type": "worker", "index": 0}
+    assert f"TF_CONFIG='{distribute.TF_CONFIG_EXAMPLE}' on the first" in message
+  assert json.loads(distribute.TF_CONFIG_EXAMPLE)["task"] == {"type": "worker", "index": 0}
 
 
 @pytest.mark.parametrize("cluster, task, want", [
@@ -87,7 +88,7 @@ def test_the_chief_and_the_worker_index_follow_tensorflow(cluster, task, want):
   """The chief is task "chief", else worker 0; `worker` is TensorFlow's id in the cluster
   (`multi_worker_util.id_in_cluster`), the input pipeline of the worker's data."""
   from tensorflow.python.distribute import multi_worker_util  # pylint: disable=g-import-not-at-top
-  got = training.multi_worker_task(json.dumps(
+  got = distribute.multi_worker_task(json.dumps(
       {"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
   assert (got.worker, got.num_workers, got.is_chief) == want
   spec = tf.train.ClusterSpec(cluster)
@@ -157,7 +158,7 @@ def test_each_replica_of_the_cluster_gets_its_slice_of_the_global_batch(mock_omn
   batch, local = 8, replicas // 2
   kwargs = dict(batch_size=batch, episode_length=3, seed=11)
   whole = _batches(data_lib.episode_dataset("omniglot", "train", **kwargs), 2)
-  fn = training.worker_dataset_fn("omniglot", "train", **kwargs)
+  fn = distribute.worker_dataset_fn("omniglot", "train", **kwargs)
   streams = [_batches(fn(tf.distribute.InputContext(
       num_input_pipelines=2, input_pipeline_id=w, num_replicas_in_sync=replicas)), 2 * local)
              for w in (0, 1)]
@@ -198,7 +199,7 @@ def test_train_py_multi_worker_flags_and_a_missing_tf_config(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("train.py: error: strategy 'multi_worker' reads its cluster from the "
                          "TF_CONFIG environment variable: it is not set."), last
-  assert training.TF_CONFIG_EXAMPLE in last
+  assert distribute.TF_CONFIG_EXAMPLE in last
   assert "Traceback" not in proc.stderr
   assert not workdir.exists()
 
