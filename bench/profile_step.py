@@ -19,6 +19,7 @@ so the sum can exceed the wall time, which is printed as well).
 import argparse
 import collections
 import datetime
+import functools
 import glob
 import os
 import re
@@ -37,6 +38,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-dir
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kanerva_tf as kt  # pylint: disable=g-import-not-at-top
+from kanerva_tf import optimizers  # pylint: disable=g-import-not-at-top
 from kanerva_tf import training  # pylint: disable=g-import-not-at-top
 
 _PARTS = ("encoder", "decoder", "q_y", "key", "q_z_read")
@@ -90,12 +92,15 @@ def profile(model_type, cfg, batch_size, steps, jit):
   x = (rng.random((batch_size, cfg.episode_length) + cfg.image_shape) < 0.1).astype(np.float32)
   strategy = tf.distribute.get_strategy()
   model(tf.constant(x[:1]))
-  optimizer = keras.optimizers.Adam(1e-4)
+  optimizer = optimizers.FusedAdam(1e-4)  # train.py's optimizer
   optimizer.build(model.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64)
   keys = ("loss",)
-  fn = training.make_train_function(strategy, model, optimizer, step, keys=keys,
-                                    global_batch_size=batch_size, seed=0, jit_compile=jit)
+  # As train.py's unlogged steps (and bench/step_time.py): no kl_memory diagnostic, no
+  # in-graph input checks (train.py checks the input in its tf.data pipeline).
+  fn = functools.partial(training.make_train_function(
+      strategy, model, optimizer, step, keys=keys, global_batch_size=batch_size, seed=0,
+      jit_compile=jit, check_inputs=False), diagnostics=False)
   iterator = iter(tf.data.Dataset.from_tensors(x).repeat())
   float(fn(iterator, tf.constant(1))["loss"])  # trace and warm up
   float(fn(iterator, tf.constant(1))["loss"])

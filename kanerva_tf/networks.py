@@ -385,8 +385,11 @@ class Decoder(keras.layers.Layer):
     for i in range(NUM_DOWNSAMPLINGS):
       h = self.deconvs[i](ops.relu(self.res_blocks[i](h)))
       th, tw = self._sizes[NUM_DOWNSAMPLINGS - i - 1]
-      if (th, tw) != tuple(h.shape[1:3]):  # a no-op slice would still cost a StridedSliceGrad
-        h = h[:, :th, :tw, :]  # [N, th, tw, F or O]: crop the trailing row / column
+      if (th, tw) != tuple(h.shape[1:3]):  # a no-op slice would still cost a gradient
+        # [N, th, tw, F or O]: crop the trailing row / column. A Slice, whose gradient is a
+        # Pad, not h[:, :th, :tw] (StridedSlice): its StridedSliceGrad took 3.9 ms of a 153 ms
+        # Omniglot step, 4x the Slice's (bench/profile_step.py, 2026-12-03).
+        h = ops.slice(h, (0, 0, 0, 0), (-1, th, tw, h.shape[-1]))
     return ops.reshape(h, tuple(batch_shape) + self.image_shape[:2] + (self.out_channels,))
 
   def compute_output_shape(self, input_shape):

@@ -283,6 +283,23 @@ def test_decoder_matches_reference_wiring():
   np.testing.assert_allclose(decoder(z).numpy(), h.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_decoder_crop_has_no_strided_slice_gradient():
+  """The crop is a Slice (gradient: Pad), not a StridedSlice, whose StridedSliceGrad cost 4x
+  as much on the Omniglot step (bench/profile_step.py); the values are the same (above)."""
+  decoder = Decoder(3, (9, 13, 2))
+  z = _codes((4,), 5)
+  decoder.build(z.shape)
+
+  @tf.function
+  def grads(z):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.square(decoder(z)))
+    return tape.gradient(loss, decoder.trainable_variables)
+  graph = grads.get_concrete_function(z).graph
+  types = {op.type for op in graph.get_operations()}
+  assert "Slice" in types and "StridedSliceGrad" not in types
+
+
 # ---------------------------------------------------------------------------------------------
 # Serialisation
 
