@@ -390,6 +390,59 @@ def time_to_quality(exp, loaded, nats):
   return lines
 
 
+def convergence(tests, window, last=3):
+  """Whether a run's test bound stopped improving (issue 12: "< 0.5 nats over 10,000 steps").
+
+  The bound is smoothed as the mean of the `last` test records up to a step (the records are
+  on the same fixed test episodes, so what remains is the model's sampling noise and the
+  training's own fluctuation); the improvement is that mean at the run's last step minus the
+  mean at the last record at or before `window` steps earlier.
+
+  Returns:
+    dict(step, bound, earlier_step, earlier_bound, improvement) in the experiment's records'
+    "loss" (nats), or None when the run has no record `window` steps before its last.
+  """
+  tests = sorted((r for r in tests if "loss" in r), key=lambda r: r["step"])
+  if not tests:
+    return None
+  end = tests[-1]["step"]
+  before = [r for r in tests if r["step"] <= end - window]
+  if not before:
+    return None
+
+  def smoothed(upto):
+    recs = [r for r in tests if r["step"] <= upto][-last:]
+    return _mean([r["loss"] for r in recs])
+  bound, earlier = smoothed(end), smoothed(before[-1]["step"])
+  return dict(step=end, bound=bound, earlier_step=before[-1]["step"], earlier_bound=earlier,
+              improvement=earlier - bound)
+
+
+def convergence_table(exp, loaded):
+  """Markdown rows of an experiment's `convergence` = {"window": steps, "nats": threshold}:
+  per run and seed, `convergence` of its test curve and whether it improved by less than
+  `nats` over the window ("converged")."""
+  window, nats = exp["convergence"]["window"], exp["convergence"]["nats"]
+  lines = [f"Convergence: the test bound (mean of the last 3 evaluations) against "
+           f"{window:,} steps earlier; converged when it improved by less than {nats} nats.",
+           "", "| run | seed | last step | bound | step − window | bound then | improvement | "
+           "converged |", "|---|---|---|---|---|---|---|---|"]
+  for run, *_ in table_rows("", exp):
+    for seed in exp["seeds"]:
+      if (run, seed) not in loaded:
+        continue
+      c = convergence(loaded[(run, seed)]["test"], window)
+      if c is None:
+        last = loaded[(run, seed)]["test"]
+        lines.append(f"| `{run}` | {seed} | {last[-1]['step'] if last else '—'} | "
+                     f"— | — | — | — | no (shorter than the window) |")
+        continue
+      lines.append(f"| `{run}` | {seed} | {c['step']} | {c['bound']:.2f} | "
+                   f"{c['earlier_step']} | {c['earlier_bound']:.2f} | {c['improvement']:.2f} | "
+                   f"{'yes' if c['improvement'] < nats else 'no'} |")
+  return lines
+
+
 def plot_curves(name, exp, loaded, path):
   """The test curves of every run and seed: the bound in the experiment's metric, then
   reconstruction, KL(y), KL(z) in nats."""
@@ -436,6 +489,8 @@ def report_section(name, exp, loaded):
     lines += ([""] if i else []) + summary_table(name, exp, loaded, step)
   if exp.get("quality_nats"):
     lines += [""] + time_to_quality(exp, loaded, exp["quality_nats"])
+  if exp.get("convergence"):
+    lines += [""] + convergence_table(exp, loaded)
   lines += ["", f"![{name} curves]({curves})", f"<!-- /experiment:{name} -->"]
   return "\n".join(lines)
 

@@ -282,3 +282,27 @@ def test_references_read_another_experiments_results(tmp_path, monkeypatch):
   assert "results of `toy/vae`" in vae and "140.00" in vae
   b8 = [c.strip() for c in next(l for l in lines if l.startswith("| `b8`")).strip("|").split("|")]
   assert b8[2:5] == ["130.00", "130.00", "-10.00"]
+
+
+def test_convergence_compares_smoothed_bounds_a_window_apart():
+  tests = [{"step": 500 * i, "loss": 100. - i} for i in range(1, 31)]   # 1 nat per 500 steps
+  c = experiment.convergence(tests, window=10000)
+  assert c["step"] == 15000 and c["earlier_step"] == 5000
+  assert c["bound"] == pytest.approx(71.) and c["earlier_bound"] == pytest.approx(91.)
+  assert c["improvement"] == pytest.approx(20.)
+  assert experiment.convergence(tests[:10], window=10000) is None   # 5,000 steps < window
+
+
+def test_convergence_table_marks_a_flat_curve_converged(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  exp = {**EXP, "convergence": {"window": 1000, "nats": 0.5}}
+  _write_run(tmp_path, "vae", 0, [150., 150.2, 149.9, 150.1, 150.])   # flat: converged
+  _write_run(tmp_path, "km", 0, [120., 110., 100., 90., 80.])        # still falling
+  _write_run(tmp_path, "km", 1, [120.])                              # shorter than the window
+  lines = experiment.convergence_table(exp, experiment.load_runs("toy", exp))
+  rows = {tuple(c.strip() for c in l.strip("|").split("|")[:2]): l for l in lines
+          if l.startswith("| `")}
+  assert rows[("`vae`", "0")].rstrip(" |").endswith("yes")
+  assert rows[("`km`", "0")].rstrip(" |").endswith("no")
+  assert "shorter than the window" in rows[("`km`", "1")]
+
