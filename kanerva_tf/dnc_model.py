@@ -315,15 +315,7 @@ class DNCMachine(_GenerativeModel):
     y = tf.random.stateless_normal(tf.concat([batch, [num_samples, self.config.y_size]], 0),
                                    seeds[0])
     params = self.decode(self._read_code(y, state, seeds[1])[0])
-    outputs = params["mean"][tf.newaxis]
-    if isinstance(iterations, int) and iterations == 0:
-      return outputs
-    x = self.sample_images(params, seeds[2])
-    if isinstance(iterations, int):
-      return tf.concat([outputs, self.read(x, state, iterations, seeds[3])], axis=0)
-    return tf.cond(iterations > 0,
-                   lambda: tf.concat([outputs, self.read(x, state, iterations, seeds[3])], 0),
-                   lambda: outputs)
+    return self._then_read(params, state, iterations, seeds[2:])
 
   def reconstruct(self, episode, seed=None):
     """Writes episodes `[B, T, H, W, D]` and reads them back once: means `[B, T, H, W, D]`."""

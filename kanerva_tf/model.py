@@ -231,6 +231,20 @@ class _GenerativeModel(keras_fit.KerasFit, keras.Model):
       return tf.cast(u < params["mean"], tf.float32)
     return params["mean"]
 
+  def _then_read(self, params, memory, iterations, seeds):
+    """The first samples' means `[1, ...]` (decoded `params`), followed, for iterations > 0,
+    by `iterations` reads of x ~ p(x|z) from `memory` (`self.read`): `[it + 1, ...]`.
+    `iterations` is a Python int or a scalar tensor; `seeds`: (sampling, reading)."""
+    outputs = params["mean"][tf.newaxis]
+    if isinstance(iterations, int) and iterations == 0:
+      return outputs
+    x = self.sample_images(params, seeds[0])
+    if isinstance(iterations, int):
+      return tf.concat([outputs, self.read(x, memory, iterations, seeds[1])], axis=0)
+    return tf.cond(iterations > 0,
+                   lambda: tf.concat([outputs, self.read(x, memory, iterations, seeds[1])], 0),
+                   lambda: outputs)
+
   def bits_per_dim(self, nats_per_sample):
     """Bits per dimension of 8-bit images from a dequantised per-sample bound in nats:
     (nats + HWD log 256) / (HWD log 2)."""
@@ -598,16 +612,7 @@ class KanervaMachine(_GenerativeModel):
     w = self.addressing_weights(y)                                    # [B, N, K]
     mean, scale = self._memory_prior_on_z(memory, w)
     z = _sample_normal(mean, tf.broadcast_to(scale, tf.shape(mean)), seeds[1])
-    params = self.decode(z)
-    outputs = params["mean"][tf.newaxis]
-    if isinstance(iterations, int) and iterations == 0:
-      return outputs
-    x = self.sample_images(params, seeds[2])
-    if isinstance(iterations, int):
-      return tf.concat([outputs, self.read(x, memory, iterations, seeds[3])], axis=0)
-    return tf.cond(iterations > 0,
-                   lambda: tf.concat([outputs, self.read(x, memory, iterations, seeds[3])], 0),
-                   lambda: outputs)
+    return self._then_read(self.decode(z), memory, iterations, seeds[2:])
 
   def reconstruct(self, episode, seed=None):
     """Writes episodes `[B, T, H, W, D]` and reads them back once: means `[B, T, H, W, D]`."""
