@@ -299,15 +299,7 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
                        f"method='online'; got chunk_size={chunk_size} with method={method!r}.")
     with tf.name_scope(f"{self.name}_update"):
       w = self._check_weights(w, "update")
-      z = tf.convert_to_tensor(z, dtype_hint=self.dtype, name="z")
-      _check_float(z, self.dtype, "z")
-      if z.shape.rank is not None and z.shape.rank < 2:
-        raise ValueError(f"KanervaMemory.update: z must be [..., T, C]; got shape {z.shape}.")
-      c = self.code_size
-      if c is not None and z.shape[-1] is not None and z.shape[-1] != c:
-        raise ValueError(
-            f"KanervaMemory.update: z must be [..., T, C={c}] to match the memory's loc "
-            f"{self._loc.shape}; got z of shape {z.shape}.")
+      z = self._check_rows(z, "update", "z", "C", self.code_size)
       if (w.shape[-2] is not None and z.shape[-2] is not None
           and w.shape[-2] != z.shape[-2]):
         raise ValueError(
@@ -341,16 +333,21 @@ class KanervaMemory(tfd.AutoCompositeTensorDistribution):
                            allow_nan_stats=self.allow_nan_stats, name=self.name)
 
   def _check_weights(self, w, what):
-    w = tf.convert_to_tensor(w, dtype_hint=self.dtype, name="w")
-    _check_float(w, self.dtype, "w")
-    if w.shape.rank is not None and w.shape.rank < 2:
-      raise ValueError(f"KanervaMemory.{what}: w must be [..., T, K]; got shape {w.shape}.")
-    k = self.memory_size
-    if k is not None and w.shape[-1] is not None and w.shape[-1] != k:
+    return self._check_rows(w, what, "w", "K", self.memory_size)
+
+  def _check_rows(self, x, what, name, letter, size):
+    """`x` `[..., T, <letter>]` as a tensor of the memory's dtype, its last dimension `size`
+    (K for weights w, C for codes z; None: not known statically)."""
+    x = tf.convert_to_tensor(x, dtype_hint=self.dtype, name=name)
+    _check_float(x, self.dtype, name)
+    if x.shape.rank is not None and x.shape.rank < 2:
+      raise ValueError(f"KanervaMemory.{what}: {name} must be [..., T, {letter}]; "
+                       f"got shape {x.shape}.")
+    if size is not None and x.shape[-1] is not None and x.shape[-1] != size:
       raise ValueError(
-          f"KanervaMemory.{what}: w must be [..., T, K={k}] to match the memory's loc "
-          f"{self._loc.shape}; got w of shape {w.shape}.")
-    return w
+          f"KanervaMemory.{what}: {name} must be [..., T, {letter}={size}] to match the "
+          f"memory's loc {self._loc.shape}; got {name} of shape {x.shape}.")
+    return x
 
 
 def _check_float(x, dtype, name):
