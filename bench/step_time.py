@@ -145,6 +145,29 @@ def _undo_profile_fixes(tf, model):
       deconv.call = lambda h, call=deconv.call, t=target: call(h)[:, :t[0], :t[1], :]
 
 
+def old_write(loc, u, w, z, obs_var):
+  """The per-episode batch write of eqs. 9-11 as `kanerva_tf.memory._write` computed it until
+  2026-12-03: einsum products and one triangular solve of [Sigma_c | Delta] sliced apart.
+  Shapes: R `[..., K, C]`, U `[..., K, K]`, w `[..., T, K]`, z `[..., T, C]`, obs_var
+  `[..., T]`, all with one batch shape."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  from tensorflow_probability.python.internal import prefer_static as ps  # pylint: disable=g-import-not-at-top
+
+  def sym(m):
+    return 0.5 * (m + tf.linalg.matrix_transpose(m))
+  delta = z - tf.einsum("...tk,...kc->...tc", w, loc)               # eq. 9   [..., T, C]
+  sigma_c = tf.einsum("...tk,...kl->...tl", w, u)                   # eq. 10  [..., T, K]
+  sigma_z = (tf.einsum("...tk,...sk->...ts", sigma_c, w)
+             + tf.linalg.diag(obs_var))                             # eq. 10  [..., T, T]
+  chol = tf.linalg.cholesky(sym(sigma_z))
+  solved = tf.linalg.triangular_solve(chol, tf.concat([sigma_c, delta], axis=-1), lower=True)
+  k = ps.shape(u)[-1]
+  b, e = solved[..., :k], solved[..., k:]
+  new_loc = loc + tf.einsum("...tk,...tc->...kc", b, e)             # eq. 11
+  new_u = u - tf.einsum("...tk,...tl->...kl", b, b)                 # eq. 11
+  return new_loc, sym(new_u)
+
+
 def _undo_speed_fixes(tf, model):
   """Puts back, on this one KanervaMachine instance, the memory path of commit 976c318 (before
   issue 17's op reductions), for a before/after in the same run (`kanerva_before`):
@@ -153,7 +176,7 @@ def _undo_speed_fixes(tf, model):
     addressing as `tf.tensordot(key, A, [[-1], [-1]])` (which transposes A);
   - the write (`KanervaMemory.update`, batch) with R_0 and U_0 broadcast to every episode,
     `tf.einsum` products and one triangular solve of [Sigma_c | Delta] sliced apart
-    (`kanerva_tf.memory._write`, unchanged);
+    (`old_write`: `kanerva_tf.memory._write` as it was until 2026-12-03);
   - the read w R' as `tf.einsum`, and e_mean(x) sliced from the embedding again for
     read_posterior="encoder_skip".
   """
@@ -175,7 +198,7 @@ def _undo_speed_fixes(tf, model):
     obs_var = tf.broadcast_to(obs_var, ps.shape(w)[:-1])
     loc, u = tf.convert_to_tensor(prior.loc), tf.convert_to_tensor(prior.row_covariance)
     loc, u, w, z, obs_var = memory_lib._broadcast_to_batch(loc, u, w, z, obs_var)  # pylint: disable=protected-access
-    new_loc, new_u = memory_lib._write(loc, u, w, z, obs_var)  # pylint: disable=protected-access
+    new_loc, new_u = old_write(loc, u, w, z, obs_var)
     return memory_lib.KanervaMemory(new_loc, new_u, name=prior.name)
 
   cfg = model.config

@@ -97,3 +97,20 @@ def test_bfloat16_configurations_are_offered():
     assert name in st.ALL_CONFIGS, name
   args = st.parse_args(["--configs", "vae,kanerva,vae_bf16,kanerva_bf16"])
   assert args.configs == "vae,kanerva,vae_bf16,kanerva_bf16"
+
+
+def test_old_write_equals_the_current_write():
+  """`old_write` (the einsum / concatenated-solve write that `kanerva_before` puts back)
+  computes eqs. 9-11 as `kanerva_tf.memory._write` does, per episode and shared, in float64."""
+  from kanerva_tf import memory as memory_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  b, t, k, c = 3, 5, 4, 2
+  a = rng.normal(size=(k, k))
+  loc, u = rng.normal(size=(k, c)), a @ a.T + np.eye(k)
+  w, z = rng.normal(size=(b, t, k)), rng.normal(size=(b, t, c))
+  obs_var = rng.uniform(0.5, 1.5, size=(b, t))
+  want = memory_lib._write(*map(tf.constant, (loc, u, w, z, obs_var)))  # shared memory
+  got = _step_time().old_write(*map(tf.constant, (np.broadcast_to(loc, (b, k, c)),
+                                                  np.broadcast_to(u, (b, k, k)), w, z, obs_var)))
+  for g, x in zip(got, want):
+    np.testing.assert_allclose(g, x, rtol=1e-12, atol=1e-12)
