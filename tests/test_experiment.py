@@ -306,3 +306,10 @@ def test_convergence_table_marks_a_flat_curve_converged(tmp_path, monkeypatch):
   assert rows[("`km`", "0")].rstrip(" |").endswith("no")
   assert "shorter than the window" in rows[("`km`", "1")]
 
+
+
+def test_threads_per_job_splits_the_cores_and_leaves_one_job_the_default():
+  assert experiment.threads_per_job(1, cores=2) is None
+  assert experiment.threads_per_job(2, cores=2) == 1
+  assert experiment.threads_per_job(2, cores=8) == 4
+  assert experiment.threads_per_job(4, cores=2) == 1
