@@ -190,7 +190,8 @@ def ship(name, exp, run, seed, dest, root=None, weights_only=False):
   config.json, metrics.jsonl, the newest checkpoint (with the optimizer's slots, so a later
   session can resume training it; `weights_only`: the model's variables alone, a third of
   the size, which eval.py reads but training cannot resume from) and the SavedModel export
-  when there is one."""
+  when there is one. An export older than the newest checkpoint (a run resumed and
+  checkpointed after it exported) is refused, not shipped beside another step's weights."""
   root = root or REPO
   specs = {(r, s): w for r, s, w, _ in run_specs(name, exp)}
   if (run, seed) not in specs:
@@ -200,6 +201,13 @@ def ship(name, exp, run, seed, dest, root=None, weights_only=False):
   step = latest_step(src)
   if step is None:
     raise SystemExit(f"--ship: {src} has no checkpoint; train it first.")
+  export = os.path.join(src, "export", "saved_model.pb")
+  index = os.path.join(src, "checkpoints", f"ckpt-{step}.index")
+  if os.path.exists(export) and os.path.getmtime(export) < os.path.getmtime(index):
+    raise SystemExit(
+        f"--ship: {src}/export is older than its newest checkpoint (step {step}), so it "
+        f"would ship another step's weights. Export at step {step} first: re-run the run's "
+        f"train.py command with --train_steps={step} (it exports at the end), then --ship.")
   out = os.path.join(root, "pretrained", dest)
   tmp = out + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)

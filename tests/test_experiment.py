@@ -180,6 +180,25 @@ def test_ship_copies_the_newest_checkpoint_and_the_run_files(tmp_path, monkeypat
     experiment.ship("toy", EXP, "nope", 0, "x", root=str(tmp_path))
 
 
+def test_ship_refuses_an_export_older_than_the_newest_checkpoint(tmp_path):
+  wd = tmp_path / "runs" / "toy" / "km" / "s0"
+  (wd / "checkpoints").mkdir(parents=True)
+  (wd / "export").mkdir()
+  (wd / "config.json").write_text("{}")
+  (wd / "metrics.jsonl").write_text("")
+  (wd / "export" / "saved_model.pb").write_text("step 2")
+  for ext in ("index", "data-00000-of-00001"):
+    (wd / "checkpoints" / f"ckpt-4.{ext}").write_text("4")
+  (wd / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\n')
+  os.utime(wd / "export" / "saved_model.pb", (1000, 1000))   # exported before step 4
+  with pytest.raises(SystemExit, match="older than its newest checkpoint.*--train_steps=4"):
+    experiment.ship("toy", EXP, "km", 0, "toy_km", root=str(tmp_path))
+  assert not (tmp_path / "pretrained" / "toy_km").exists()
+  os.utime(wd / "export" / "saved_model.pb")                 # exported after it: shipped
+  out, _ = experiment.ship("toy", EXP, "km", 0, "toy_km", root=str(tmp_path))
+  assert open(os.path.join(out, "export", "saved_model.pb")).read() == "step 2"
+
+
 def test_ship_weights_only_writes_a_checkpoint_eval_restores(tmp_path):
   """--weights_only: the model's variables without Adam's slots, restored by
   runs.restore_model (what eval.py uses) to the same weights, at the same step."""
