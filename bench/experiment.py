@@ -531,6 +531,7 @@ def headline_table(experiments):
       continue
     metric = metric_of(exp)
     loaded = load_runs(name, exp)
+    flags_of = {row: flags for row, flags, *_ in table_rows(name, exp)}   # references too
     for run, paper in head["paper"].items():
       tests = {s: loaded[(run, s)]["test"] for s in exp["seeds"]
                if (run, s) in loaded and loaded[(run, s)]["test"]}
@@ -542,7 +543,7 @@ def headline_table(experiments):
       cells = [" ".join(_fmt(full[s][metric], metric) for s in sorted(full))]
       cells += [f"(seed {s}: {_fmt(r[metric], metric)} at step {r['step']})"
                 for s, r in sorted(short.items())]
-      flags = " ".join(f"`{f}`" for f in exp["runs"][run]) or "(flagfile)"
+      flags = " ".join(f"`{f}`" for f in flags_of[run]) or "(flagfile)"
       lines.append(f"| {head['title']} | `{run}` | {flags} | "
                    f"{', '.join(map(str, sorted(full)))} | {step} | {' '.join(cells)} | "
                    f"{_fmt(_mean([r[metric] for r in full.values()]), metric)} | "

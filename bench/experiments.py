@@ -86,7 +86,10 @@ EXPERIMENTS = {
         flagfile="omniglot.flags", steps=100000, seeds=(1,),
         common=_COMMON,
         baseline="vae",
-        headline=dict(title="Omniglot, long run to convergence", paper={"kanerva": 68.3, "vae": 112.7}),
+        headline=dict(title="Omniglot, long run to convergence",
+                      paper={"kanerva": 68.3, "vae": 112.7, "kanerva_attempt1": 68.3}),
+        # The first attempt (below), whose curve is the only one to 100,000 steps so far.
+        references={"kanerva_attempt1": "omniglot_converged_attempt1/kanerva"},
         runs={"kanerva": [], "vae": ["--model=vae"]},
         convergence=dict(window=10000, nats=0.5),
         report_steps=[10000, 20000, 50000, 100000],
@@ -173,3 +176,13 @@ EXPERIMENTS = {
         evals=["--num_batches=4", "--nofigures", "--episode_sizes=32", "--class_counts=all"],
         workdir="runs/{experiment}/{run}/s{seed}"),
 }
+
+# The first attempt at `omniglot_converged`'s Kanerva Machine, the same command: trained
+# 2026-12-03 from pretrained/omniglot_kanerva (step 10,000) to 100,000 steps. Its metrics were
+# copied to results/; its run directory (checkpoints, export) was lost with runs/ before it
+# was shipped, so `omniglot_converged` reruns it from the same start. Kept as a record.
+EXPERIMENTS["omniglot_converged_attempt1"] = dict(
+    {k: v for k, v in EXPERIMENTS["omniglot_converged"].items()
+     if k not in ("headline", "references", "evals")},
+    references={"vae": "omniglot_converged/vae"},   # its baseline: the VAE of the same start
+    runs={"kanerva": []})

@@ -259,6 +259,19 @@ def test_headline_table_uses_the_last_step_every_seed_reached(tmp_path, monkeypa
                       "unit | paper |")
 
 
+def test_headline_table_reads_a_reference_row_from_another_experiments_results(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(experiment, "REPO", str(tmp_path))
+  monkeypatch.setitem(experiment.EXPERIMENTS, "toy", EXP)
+  _write_run(tmp_path, "km", 0, [160., 140., 120.])      # results/toy/km/s0
+  exp = {**EXP, "references": {"km_before": "toy/km"}, "runs": {},
+         "headline": dict(title="Later", paper={"km_before": 68.3})}
+  lines = experiment.headline_table({"later": exp})
+  cells = [c.strip() for c in lines[2].strip("|").split("|")]
+  assert cells == ["Later", "`km_before`", "`--y_scale=0.3`", "0", "1500", "120.00", "120.00",
+                   "nats", "68.3"]
+
+
 def test_headline_table_in_bits_per_dim_without_the_papers_number(tmp_path, monkeypatch):
   monkeypatch.setattr(experiment, "REPO", str(tmp_path))
   exp = {**GAUSS, "headline": dict(title="Gauss", paper={"km": None, "vae": 112.7})}
